@@ -1,0 +1,56 @@
+# stackwise: `make report` and `make test` are the two commands a newcomer needs (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON     ?= python3
+VENV       ?= .venv
+# torch goes in first, so that the package's open torch range is already met: a bare `torch`
+# requirement on a machine without torch pulls a multi-GB CUDA build. Pick your build here.
+TORCH_SPEC ?= torch==2.13.0
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.stackwise-installed
+NB         ?=
+ARGS       ?=
+
+.PHONY: help install test report docs lab experiment readme clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)  ## create .venv (if missing) and install stackwise with its dev tools; reused while pyproject.toml is unchanged
+
+test: $(STAMP)  ## notebooks and package in step, README in step, nbdev-test on the notebooks, then pytest
+	@snap() { find nbs stackwise -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/.ipynb_checkpoints/*' -print0 | sort -z | xargs -0 md5sum; }; \
+	before=$$(snap); $(BIN)/nbdev-export; $(BIN)/nbdev-clean; after=$$(snap); \
+	if [ "$$before" != "$$after" ]; then \
+	  diff <(echo "$$before") <(echo "$$after") | sed -n 's/^> /changed: /p'; \
+	  echo "nbdev-export/nbdev-clean changed the files above: the package or notebooks were out of step. Review and commit them."; exit 1; fi
+	$(BIN)/stackwise readme --check
+	$(BIN)/nbdev-test --n-workers 2
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+report: $(STAMP)  ## run the default experiments on this machine, render the site into _site/, print its path
+	$(BIN)/stackwise report
+
+docs: $(STAMP)  ## render the site into _site/ from the notebooks and results/ (no experiments)
+	$(BIN)/stackwise docs
+
+lab: $(STAMP)  ## JupyterLab on the notebooks
+	$(BIN)/jupyter lab nbs
+
+experiment: $(STAMP)  ## run one experiment: make experiment NB=hardware ARGS="-p size 2048"
+	@if [ -z "$(NB)" ]; then echo 'make experiment needs NB=<name>, e.g. make experiment NB=hardware ARGS="-p size 2048"; experiments:'; $(BIN)/stackwise experiment --list; exit 2; fi
+	$(BIN)/stackwise experiment $(NB) $(ARGS)
+
+readme: $(STAMP)  ## regenerate README.md from nbs/index.ipynb
+	$(BIN)/stackwise readme
+
+clean:  ## remove build outputs (_site, _proc); keeps .venv and results/
+	rm -rf _site _proc
