@@ -9,7 +9,10 @@ VENV       ?= .venv
 # requirement on a machine without torch pulls a multi-GB CUDA build. Pick your build here.
 TORCH_SPEC ?= torch==2.13.0
 BIN        := $(VENV)/bin
-STAMP      := $(VENV)/.stackwise-installed
+# The install is redone when pyproject.toml's content or TORCH_SPEC changes (not its mtime:
+# nbdev-export rewrites pyproject.toml on every run).
+DEPS_HASH  := $(shell { cat pyproject.toml; echo '$(TORCH_SPEC)'; } | md5sum | cut -c1-12)
+STAMP      := $(VENV)/.installed-$(DEPS_HASH)
 NB         ?=
 ARGS       ?=
 
@@ -18,11 +21,11 @@ ARGS       ?=
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
-	@touch $@
+	@rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)  ## create .venv (if missing) and install stackwise with its dev tools; reused while pyproject.toml is unchanged
 

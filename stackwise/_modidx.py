@@ -85,6 +85,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'stackwise.site._rel': ('site.html#_rel', 'stackwise/site.py'),
                                 'stackwise.site._root': ('site.html#_root', 'stackwise/site.py'),
                                 'stackwise.site._split_options': ('site.html#_split_options', 'stackwise/site.py'),
+                                'stackwise.site._update_front_matter': ('site.html#_update_front_matter', 'stackwise/site.py'),
                                 'stackwise.site._visible': ('site.html#_visible', 'stackwise/site.py'),
                                 'stackwise.site.check_site': ('site.html#check_site', 'stackwise/site.py'),
                                 'stackwise.site.execute_page': ('site.html#execute_page', 'stackwise/site.py'),

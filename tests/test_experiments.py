@@ -1,0 +1,56 @@
+"""Experiments run through papermill into run folders; failures never leave a metrics.json."""
+import json, sys
+
+import pandas as pd
+
+from conftest import ROOT, exe, run_cmd
+from stackwise import runs
+
+
+def test_runner_writes_a_complete_run_folder(hardware_results):
+    (path,) = runs.list_runs('hardware', hardware_results)
+    assert {p.name for p in path.iterdir()} >= {'config.yaml', 'env.json', 'metrics.csv', 'metrics.json', 'run.ipynb', 'charts'}
+    assert not list(path.glob('.*')), 'no temporary files left behind'
+    metrics = json.loads((path/'metrics.json').read_text())
+    assert set(metrics['peak_tflops']) == {'fp32', 'bf16'} and all(v > 0 for v in metrics['peak_tflops'].values())
+    steps = pd.read_csv(path/'metrics.csv')
+    assert steps.n.tolist() == [128, 256, 128, 256]
+    # the final figures are the best of the per-size rows, not typed in
+    assert metrics['peak_tflops']['fp32'] == steps[steps.dtype == 'fp32'].tflops.max()
+    assert (path/'charts'/'matmul_tflops.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    env = json.loads((path/'env.json').read_text())
+    assert env['packages']['torch'] and env['device']['type'] == 'cpu'
+
+
+def test_papermill_cli_with_the_venv_kernel(tmp_path):
+    out = tmp_path/'out.ipynb'
+    r = run_cmd([exe('papermill'), 'nbs/hardware.ipynb', str(out), '-p', 'size', '128', '-p', 'min_time', '0.01'],
+                env=dict(STACKWISE_RESULTS=str(tmp_path/'results')))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (path,) = runs.list_runs('hardware', tmp_path/'results')
+    assert runs.run_status(path) == 'complete'
+    assert 'size: 128' in (path/'config.yaml').read_text()
+    # the kernel was this environment's: its launcher lives under this interpreter's prefix
+    kernel_argv = json.loads((path/'env.json').read_text())['argv']
+    assert kernel_argv[0].startswith(sys.prefix), kernel_argv
+
+
+def test_papermill_run_that_raises_leaves_no_metrics(tmp_path):
+    r = run_cmd([exe('papermill'), 'nbs/hardware.ipynb', str(tmp_path/'out.ipynb'), '-p', 'dtypes', 'int4'],
+                env=dict(STACKWISE_RESULTS=str(tmp_path/'results')))
+    assert r.returncode != 0
+    assert 'unknown dtype' in r.stderr
+    (path,) = runs.list_runs('hardware', tmp_path/'results')
+    assert not (path/'metrics.json').exists()
+    assert runs.run_status(path) == 'incomplete'
+
+
+def test_stackwise_experiment_that_raises(tmp_path):
+    r = run_cmd([exe('stackwise'), 'experiment', 'hardware', '-p', 'dtypes', 'int4', '--results', str(tmp_path)])
+    assert r.returncode == 1
+    assert "experiment 'hardware' failed in cell" in r.stderr and 'unknown dtype' in r.stderr
+    (path,) = runs.list_runs('hardware', tmp_path)
+    assert runs.run_status(path) == 'failed'
+    assert not (path/'metrics.json').exists() and (path/'run.ipynb').exists()
+    assert 'unknown dtype' in (path/'error.txt').read_text()
+    assert runs.load_runs(root=tmp_path).empty and len(runs.load_runs(root=tmp_path, status=None)) == 1
