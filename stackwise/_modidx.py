@@ -82,6 +82,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'stackwise.site._md_inline': ('site.html#_md_inline', 'stackwise/site.py'),
                                 'stackwise.site._nav': ('site.html#_nav', 'stackwise/site.py'),
                                 'stackwise.site._page_out': ('site.html#_page_out', 'stackwise/site.py'),
+                                'stackwise.site._plain_cells': ('site.html#_plain_cells', 'stackwise/site.py'),
                                 'stackwise.site._rel': ('site.html#_rel', 'stackwise/site.py'),
                                 'stackwise.site._root': ('site.html#_root', 'stackwise/site.py'),
                                 'stackwise.site._split_options': ('site.html#_split_options', 'stackwise/site.py'),
