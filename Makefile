@@ -16,7 +16,7 @@ STAMP      := $(VENV)/.installed-$(DEPS_HASH)
 NB         ?=
 ARGS       ?=
 
-.PHONY: help install test report docs lab experiment readme clean
+.PHONY: help install test report docs lab experiment execute readme clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -51,6 +51,10 @@ lab: $(STAMP)  ## JupyterLab on the notebooks
 experiment: $(STAMP)  ## run one experiment: make experiment NB=hardware ARGS="-p size 2048"
 	@if [ -z "$(NB)" ]; then echo 'make experiment needs NB=<name>, e.g. make experiment NB=hardware ARGS="-p size 2048"; experiments:'; $(BIN)/stackwise experiment --list; exit 2; fi
 	$(BIN)/stackwise experiment $(NB) $(ARGS)
+
+execute: $(STAMP)  ## re-run every notebook's cells (slow ones too) and save their outputs, for the site
+	$(BIN)/nbdev-test --flags slow --save --n-workers 2 --skip-folder-re '^(report$$|[_.])'
+	$(BIN)/nbdev-clean
 
 readme: $(STAMP)  ## regenerate README.md from nbs/index.ipynb
 	$(BIN)/stackwise readme
