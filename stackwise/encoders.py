@@ -61,7 +61,6 @@ class EncoderRack(Rack):
                  pooler:bool=False, # the first-token pooler (BertModel has one, BertForMaskedLM not)
                 ):
         super().__init__(cfg)
-        self.causal = cfg.causal
         self.lm_head = MLMHead(cfg, self.tok_emb if cfg.tie_embeddings else None) if mlm_head else None
         self.pooler = Pooler(cfg) if pooler else None
         for m in (self.lm_head, self.pooler):
