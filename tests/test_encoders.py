@@ -1,0 +1,114 @@
+"""The encoder families (BERT, RoBERTa) against outside references: HF transformers logits both ways,
+published parameter counts, bidirectional attention, and the tiny preset learning masked tokens."""
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import BertConfig, BertForMaskedLM, BertModel, RobertaConfig, RobertaForMaskedLM
+
+from stackwise.config import load_config
+from stackwise.encoders import EncoderRack, encoder_from_hf, encoder_parameters, encoder_to_hf, mlm_mask, padding_position_ids
+from stackwise.rack import Rack, count_parameters
+
+transformers.logging.set_verbosity_error()
+
+SMALL = dict(vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+             max_position_embeddings=40)
+
+
+def _batch(family):
+    "Two sequences, the second padded after 8 tokens; BERT's also has two segments."
+    torch.manual_seed(0)
+    ids = torch.randint(3, 100, (2, 12))
+    mask = torch.ones_like(ids); mask[1, 8:] = 0
+    if family == 'roberta': return dict(input_ids=ids.masked_fill(mask == 0, 1), attention_mask=mask)
+    types = torch.zeros_like(ids); types[:, 6:] = 1
+    return dict(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask, token_type_ids=types)
+
+
+def _hf(family):
+    torch.manual_seed(0)
+    if family == 'bert': return BertForMaskedLM(BertConfig(**SMALL)).eval()
+    return RobertaForMaskedLM(RobertaConfig(**SMALL, type_vocab_size=1)).eval()
+
+
+@pytest.mark.parametrize('family', ['bert', 'roberta'])
+def test_logits_parity_hf_to_ours(family):
+    "A random HF *ForMaskedLM converted to an EncoderRack gives the same MLM logits (padding, segments) to 1e-4."
+    hf, b = _hf(family), _batch(family)
+    with torch.no_grad():
+        ours = encoder_from_hf(hf, stack_sizes=[1, 2])
+        assert isinstance(ours, Rack) and len(ours.stacks) == 2 and not ours.causal
+        assert (ours(**b) - hf(**b).logits).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize('family', ['bert', 'roberta'])
+def test_logits_parity_ours_to_hf(family):
+    "An EncoderRack with every parameter perturbed, converted to HF, gives the same MLM logits to 1e-4."
+    b = _batch(family)
+    with torch.no_grad():
+        ours = encoder_from_hf(_hf(family))
+        for p in ours.parameters(): p.add_(0.05 * torch.randn_like(p))
+        hf = encoder_to_hf(ours)
+        assert type(hf).__name__ == {'bert': 'BertForMaskedLM', 'roberta': 'RobertaForMaskedLM'}[family]
+        assert (hf(**b).logits - ours(**b)).abs().max() <= 1e-4
+
+
+def test_bert_model_with_pooler_both_ways():
+    "A bare BertModel (hidden states + pooler) converts both ways with matching hidden states and pooled vectors."
+    torch.manual_seed(1)
+    hf, b = BertModel(BertConfig(**SMALL)).eval(), _batch('bert')
+    with torch.no_grad():
+        ours = encoder_from_hf(hf)
+        out = hf(**b)
+        assert (ours(**b) - out.last_hidden_state).abs().max() <= 1e-4
+        assert (ours.pooled(**b) - out.pooler_output).abs().max() <= 1e-4
+        for p in ours.parameters(): p.add_(0.05 * torch.randn_like(p))
+        back = encoder_to_hf(ours)
+        assert (back(**b).pooler_output - ours.pooled(**b)).abs().max() <= 1e-4
+    assert sum(p.numel() for p in back.parameters()) == count_parameters(ours)
+
+
+@pytest.mark.parametrize('preset,heads,n', [
+    ('encoder/bert_family/base', dict(mlm_head=False, pooler=True), 109_482_240),  # BertModel bert-base-uncased
+    ('encoder/bert_family/large', dict(mlm_head=False, pooler=True), 335_141_888),  # BertModel bert-large-uncased
+    ('encoder/bert_family/tiny', dict(mlm_head=False, pooler=True), 4_385_920),  # BertModel bert_uncased_L-2_H-128_A-2
+    ('encoder/roberta_family/base', dict(mlm_head=True, pooler=False), 124_697_433)])  # RobertaForMaskedLM roberta-base
+def test_published_parameter_counts(preset, heads, n):
+    "The presets, counted as an EncoderRack on the meta device with the checkpoint's heads, give the published sizes."
+    assert encoder_parameters(load_config(preset), **heads) == n
+
+
+def test_roberta_positions_match_hf():
+    "Positions count from pad_token_id + 1 and padding keeps pad_token_id, as HF's create_position_ids_from_input_ids."
+    from transformers.models.roberta.modeling_roberta import RobertaEmbeddings
+    ids = torch.tensor([[0, 5, 6, 2, 1, 1], [0, 7, 2, 1, 1, 1]])
+    assert torch.equal(padding_position_ids(ids, 1), RobertaEmbeddings.create_position_ids_from_input_ids(ids, 1))
+
+
+def test_bidirectional():
+    "Changing the last token changes the logits of every earlier position (and does not once made causal)."
+    torch.manual_seed(0)
+    enc = EncoderRack(load_config('encoder/bert_family/tiny', ['vocab_size=100'])).eval()
+    ids = torch.randint(0, 100, (2, 10))
+    other = ids.clone(); other[:, -1] = (ids[:, -1] + 1) % 100
+    with torch.no_grad():
+        diff = (enc(ids)[:, :-1] - enc(other)[:, :-1]).abs().amax(-1)
+        assert (diff > 1e-5).all()
+        enc.causal = True
+        assert (enc(ids)[:, :-1] - enc(other)[:, :-1]).abs().max() <= 1e-5
+
+
+def test_tiny_bert_learns_mlm_in_50_steps():
+    "The tiny BERT preset (vocabulary 1024) learns a fixed masked batch: MLM loss falls from ~ln V to under half."
+    torch.manual_seed(0)
+    V = 1024
+    rack = EncoderRack(load_config('encoder/bert_family/tiny', [f'vocab_size={V}', 'max_seq_len=64']))
+    opt = torch.optim.AdamW(rack.parameters(), lr=2e-3)
+    inp, lab = mlm_mask(torch.randint(5, V, (8, 64)), 4, V, p=0.3)
+    losses = []
+    for _ in range(50):
+        loss = F.cross_entropy(rack(inp).flatten(0, 1), lab.flatten())
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 6 and losses[-1] < 0.5 * losses[0], losses[::10]
