@@ -59,3 +59,20 @@ def test_small_presets_learn_in_50_steps(preset):
 def test_every_preset_loads():
     for name in list_presets():
         assert count_parameters(load_config(name)) > 0
+
+
+@pytest.mark.parametrize('preset,n,pooler', [
+    ('encoder/minilm_family/l12_h384', 33_360_000, True), ('encoder/minilm_family/l6_h384', 22_713_216, True),
+    ('encoder/distilbert_family/base', 66_362_880, False)])
+def test_encoder_shape_presets_match_hf_counts(preset, n, pooler):
+    "MiniLM (HF BertModel, with pooler) and DistilBERT (HF DistilBertModel, no pooler) sizes, as HF builds them."
+    from stackwise.encoders import encoder_parameters
+    assert encoder_parameters(load_config(preset), mlm_head=False, pooler=pooler) == n
+
+
+def test_scaling_presets_follow_seed_table():
+    "Seed 000's scale table: layers, width and FFN ratio per scale, 64-dim heads."
+    table = {'nano': (4, 256, 2), 'tiny': (6, 384, 3), 'small': (12, 512, 4), 'base': (12, 768, 4), 'large': (24, 1024, 4), 'xl': (48, 2048, 4)}
+    for name, (L, d, r) in table.items():
+        c = load_config(f'scaling/{name}')
+        assert (c.n_layers, c.d_model, c.ffn_ratio, c.head_dim) == (L, d, r, 64)
