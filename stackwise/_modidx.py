@@ -34,6 +34,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'stackwise.cli': { 'stackwise.cli._docs': ('cli.html#_docs', 'stackwise/cli.py'),
                                'stackwise.cli._experiment': ('cli.html#_experiment', 'stackwise/cli.py'),
                                'stackwise.cli._hardware': ('cli.html#_hardware', 'stackwise/cli.py'),
+                               'stackwise.cli._model': ('cli.html#_model', 'stackwise/cli.py'),
                                'stackwise.cli._readme': ('cli.html#_readme', 'stackwise/cli.py'),
                                'stackwise.cli._report': ('cli.html#_report', 'stackwise/cli.py'),
                                'stackwise.cli._runs': ('cli.html#_runs', 'stackwise/cli.py'),
