@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import Attention, KVCache
+from .attention_variants import make_attention
 from .config import ModelConfig
 
 # %% auto #0
@@ -53,7 +54,7 @@ class Block(nn.Module):
     def __init__(self, cfg:ModelConfig, layer:int=0):
         super().__init__()
         self.pre = cfg.norm_position == 'pre'
-        self.norm1, self.attn, self.norm2, self.mlp = make_norm(cfg), Attention(cfg, layer), make_norm(cfg), MLP(cfg)
+        self.norm1, self.attn, self.norm2, self.mlp = make_norm(cfg), make_attention(cfg, layer), make_norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope=None, key_mask=None, cache:KVCache|None=None):

@@ -16,10 +16,13 @@ from omegaconf.errors import OmegaConfBaseException
 from .core import StackwiseError
 
 # %% auto #0
-__all__ = ['NORMS', 'MLPS', 'POSITIONS', 'NORM_POSITIONS', 'ModelConfig', 'list_presets', 'load_config', 'config_dict']
+__all__ = ['NORMS', 'MLPS', 'POSITIONS', 'NORM_POSITIONS', 'ATTENTIONS', 'FEATURE_MAPS', 'ModelConfig', 'list_presets',
+           'load_config', 'config_dict']
 
 # %% ../nbs/04_config.ipynb #cf2a3bf7
 NORMS, MLPS, POSITIONS, NORM_POSITIONS = ('layernorm', 'rmsnorm'), ('gelu', 'gelu_tanh', 'relu', 'swiglu', 'geglu'), ('learned', 'rope', 'none'), ('pre', 'post')
+ATTENTIONS, FEATURE_MAPS = ('mha', 'mla', 'linear'), ('elu1', 'relu')
+_MLA_FIELDS = ('kv_lora_rank', 'q_lora_rank', 'rope_head_dim', 'nope_head_dim', 'v_head_dim')
 
 @dataclass
 class ModelConfig:
@@ -43,6 +46,16 @@ class ModelConfig:
     rope_theta: float = 10000.0
     causal: bool = True  # attention mode at construction; switchable at any time
     dropout: float = 0.0
+    # attention variants (10a_attention_variants); the defaults are plain MHA, so existing shapes keep their counts
+    attention: str = 'mha'  # mha (MHA/GQA/MQA through n_kv_heads) | mla (DeepSeek-V2 latent attention) | linear (kernel attention)
+    kv_lora_rank: int|None = None  # MLA: width of the joint K/V latent, what the cache stores (None: 4 * head_dim)
+    q_lora_rank: int|None = None  # MLA: width of the query latent (None: no query compression)
+    rope_head_dim: int|None = None  # MLA: per-head query/key dims carrying the decoupled RoPE (None: head_dim // 2)
+    nope_head_dim: int|None = None  # MLA: per-head query/key dims without RoPE (None: head_dim)
+    v_head_dim: int|None = None  # MLA: per-head value dims (None: head_dim)
+    feature_map: str = 'elu1'  # linear attention's phi: elu1 (elu(x) + 1) | relu
+    local_window: int|None = None  # sliding window of local layers (None: every layer global); causal: the last `local_window` tokens, bidirectional: `local_window // 2` each side
+    global_every: int = 1  # layers 0, n, 2n, ... are global, the others local (ModernBERT: 3, with local_window 128)
     # Stacks: blocks per stack, input side first (None: one stack holding every block)
     stack_sizes: list[int]|None = None
     # embeddings and head
@@ -57,6 +70,10 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int: return self.d_model // self.n_heads
+
+    def layer_window(self, layer:int) -> int|None:
+        "The sliding window of `layer`, or None when it is a global (full attention) layer."
+        return None if self.local_window is None or layer % self.global_every == 0 else self.local_window
 
     def __post_init__(self):
         def bad(field, why): raise StackwiseError(f'invalid config: {field} {why}')
@@ -75,6 +92,29 @@ class ModelConfig:
         if sum(self.stack_sizes) != self.n_layers or min(self.stack_sizes) < 1:
             bad('stack_sizes', f'{self.stack_sizes} must be positive and add up to n_layers ({self.n_layers})')
         if not 0 <= self.dropout < 1: bad('dropout', f'must be in [0, 1), got {self.dropout}')
+        self._check_attention(bad)
+
+    def _check_attention(self, bad):
+        "Validate (and fill in) the attention-variant fields."
+        for name, allowed in (('attention', ATTENTIONS), ('feature_map', FEATURE_MAPS)):
+            if getattr(self, name) not in allowed: bad(name, f'is {getattr(self, name)!r}; use one of {", ".join(allowed)}')
+        if self.attention == 'mla':
+            if self.n_kv_heads != self.n_heads:  # every MLA head gets its own K/V, up-projected from one shared latent
+                bad('n_kv_heads', f'({self.n_kv_heads}) has no meaning for MLA, whose heads share one K/V latent; leave it unset (or set kv_lora_rank)')
+            hd = self.head_dim
+            for name, default in (('kv_lora_rank', 4 * hd), ('rope_head_dim', hd // 2), ('nope_head_dim', hd), ('v_head_dim', hd)):
+                if getattr(self, name) is None: setattr(self, name, default)
+            for name in ('kv_lora_rank', 'nope_head_dim', 'v_head_dim') + (('q_lora_rank',) if self.q_lora_rank is not None else ()):
+                if getattr(self, name) < 1: bad(name, f'must be positive, got {getattr(self, name)}')
+            if self.rope_head_dim < 0 or self.rope_head_dim % 2:
+                bad('rope_head_dim', f'({self.rope_head_dim}) must be even and >= 0: RoPE rotates pairs of dims (0: no decoupled RoPE)')
+        else:
+            for name in _MLA_FIELDS:
+                if getattr(self, name) is not None: bad(name, f'is set but attention is {self.attention!r}; set attention=mla or leave {name} unset')
+        if self.local_window is not None:
+            if self.local_window < 1: bad('local_window', f'must be positive (or None for all-global attention), got {self.local_window}')
+            if self.attention == 'linear': bad('local_window', "has no meaning for linear attention, which keeps no score matrix to mask; leave it unset or use attention=mha/mla")
+        if self.global_every < 1: bad('global_every', f'must be >= 1 (1: every layer global), got {self.global_every}')
 
 # %% ../nbs/04_config.ipynb #77e5d535
 def _configs_dir() -> Path: return Path(str(files('stackwise')/'configs'))
