@@ -54,10 +54,14 @@ class Block(nn.Module):
     def __init__(self, cfg:ModelConfig, layer:int=0):
         super().__init__()
         self.pre = cfg.norm_position == 'pre'
-        self.norm1, self.attn, self.norm2, self.mlp = make_norm(cfg), make_attention(cfg, layer), make_norm(cfg), MLP(cfg)
+        self.attn, self.norm2, self.mlp = make_attention(cfg, layer), make_norm(cfg), MLP(cfg)
+        # ModernBERT's first layer reads the already-normed embeddings as they are
+        self.norm1 = make_norm(cfg) if layer > 0 or cfg.first_attn_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope=None, key_mask=None, cache:KVCache|None=None):
+        # with separate RoPE bases the Rack passes both tables; a local (sliding-window) layer takes its own
+        if isinstance(rope, dict): rope = rope['local' if self.attn.window is not None else 'global']
         if self.pre:
             x = x + self.drop(self.attn(self.norm1(x), rope, key_mask, cache))
             return x + self.drop(self.mlp(self.norm2(x)))

@@ -43,7 +43,9 @@ class ModelConfig:
     mlp: str = 'gelu_tanh'  # gelu | gelu_tanh | relu | swiglu | geglu
     bias: bool = True  # biases in linear layers and norms
     positions: str = 'learned'  # learned | rope | none
-    rope_theta: float = 10000.0
+    rope_theta: float = 10000.0  # RoPE base (of the global layers, when local layers have their own)
+    local_rope_theta: float|None = None  # RoPE base of local (sliding-window) layers; None: rope_theta (ModernBERT: 10,000, with 160,000 global)
+    first_attn_norm: bool = True  # layer 0 normalises its attention input; ModernBERT: False, its embeddings are normed already
     causal: bool = True  # attention mode at construction; switchable at any time
     dropout: float = 0.0
     # attention variants (10a_attention_variants); the defaults are plain MHA, so existing shapes keep their counts
@@ -92,6 +94,8 @@ class ModelConfig:
         if sum(self.stack_sizes) != self.n_layers or min(self.stack_sizes) < 1:
             bad('stack_sizes', f'{self.stack_sizes} must be positive and add up to n_layers ({self.n_layers})')
         if not 0 <= self.dropout < 1: bad('dropout', f'must be in [0, 1), got {self.dropout}')
+        if self.local_rope_theta is not None and self.positions != 'rope': bad('local_rope_theta', f'is set but positions is {self.positions!r}; set positions=rope or leave it unset')
+        if not self.first_attn_norm and self.norm_position != 'pre': bad('first_attn_norm', 'can only be False for pre-norm Blocks (norm_position=pre): a post-norm Block has no input norm to skip')
         self._check_attention(bad)
 
     def _check_attention(self, bad):

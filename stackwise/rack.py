@@ -39,6 +39,7 @@ class Rack(nn.Module):
         self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.emb_norm = make_norm(cfg) if cfg.embedding_norm else None
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta) if cfg.positions == 'rope' else None
+        self.local_rope = RotaryEmbedding(cfg.head_dim, cfg.local_rope_theta) if self.rope is not None and cfg.local_rope_theta is not None else None
         self.drop = nn.Dropout(cfg.dropout)
         starts = [sum(cfg.stack_sizes[:i]) for i in range(len(cfg.stack_sizes))]
         self.stacks = nn.ModuleList(Stack(cfg, s, n) for s, n in zip(starts, cfg.stack_sizes))
@@ -85,6 +86,7 @@ class Rack(nn.Module):
         start = len(cache) if cache is not None else 0
         x, pos = self.embed(input_ids, token_type_ids, position_ids, start)
         rope = self.rope(pos) if self.rope is not None else None
+        if self.local_rope is not None: rope = {'global': rope, 'local': self.local_rope(pos)}  # each Block takes its own
         key_mask = attention_mask.bool() if attention_mask is not None else None
         for s in self.stacks: x = s(x, rope, key_mask, cache)
         return self.final_norm(x) if self.final_norm is not None else x

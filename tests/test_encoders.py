@@ -1,10 +1,11 @@
-"""The encoder families (BERT, RoBERTa) against outside references: HF transformers logits both ways,
+"""The encoder families (BERT, RoBERTa, DistilBERT, ModernBERT) against outside references: HF transformers logits both ways,
 published parameter counts, bidirectional attention, and the tiny preset learning masked tokens."""
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import BertConfig, BertForMaskedLM, BertModel, RobertaConfig, RobertaForMaskedLM
+from transformers import (BertConfig, BertForMaskedLM, BertModel, DistilBertConfig, DistilBertForMaskedLM, DistilBertModel,
+                          ModernBertConfig, ModernBertForMaskedLM, ModernBertModel, RobertaConfig, RobertaForMaskedLM)
 
 from stackwise.config import load_config
 from stackwise.encoders import EncoderRack, encoder_from_hf, encoder_parameters, encoder_to_hf, mlm_mask, padding_position_ids
@@ -14,6 +15,10 @@ transformers.logging.set_verbosity_error()
 
 SMALL = dict(vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
              max_position_embeddings=40)
+SMALL_DISTIL = dict(vocab_size=100, dim=64, n_layers=3, n_heads=4, hidden_dim=128, max_position_embeddings=40)
+# a 4-token window (2 each side) on 12 tokens: local and global layers, and their two RoPE bases, all matter
+SMALL_MODERN = dict(SMALL, intermediate_size=96, local_attention=4, pad_token_id=0)
+FAMILIES = ['bert', 'roberta', 'distilbert', 'modernbert']
 
 
 def _batch(family):
@@ -22,17 +27,24 @@ def _batch(family):
     ids = torch.randint(3, 100, (2, 12))
     mask = torch.ones_like(ids); mask[1, 8:] = 0
     if family == 'roberta': return dict(input_ids=ids.masked_fill(mask == 0, 1), attention_mask=mask)
+    if family in ('distilbert', 'modernbert'): return dict(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask)
     types = torch.zeros_like(ids); types[:, 6:] = 1
     return dict(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask, token_type_ids=types)
 
 
 def _hf(family):
+    "A random HF *ForMaskedLM whose norms and biases are perturbed too (HF inits them to 1 and 0)."
     torch.manual_seed(0)
-    if family == 'bert': return BertForMaskedLM(BertConfig(**SMALL)).eval()
-    return RobertaForMaskedLM(RobertaConfig(**SMALL, type_vocab_size=1)).eval()
+    hf = {'bert': lambda: BertForMaskedLM(BertConfig(**SMALL)),
+          'roberta': lambda: RobertaForMaskedLM(RobertaConfig(**SMALL, type_vocab_size=1)),
+          'distilbert': lambda: DistilBertForMaskedLM(DistilBertConfig(**SMALL_DISTIL)),
+          'modernbert': lambda: ModernBertForMaskedLM(ModernBertConfig(**SMALL_MODERN))}[family]()
+    with torch.no_grad():
+        for p in hf.parameters(): p.add_(0.05 * torch.randn_like(p))
+    return hf.eval()
 
 
-@pytest.mark.parametrize('family', ['bert', 'roberta'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_logits_parity_hf_to_ours(family):
     "A random HF *ForMaskedLM converted to an EncoderRack gives the same MLM logits (padding, segments) to 1e-4."
     hf, b = _hf(family), _batch(family)
@@ -42,7 +54,7 @@ def test_logits_parity_hf_to_ours(family):
         assert (ours(**b) - hf(**b).logits).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize('family', ['bert', 'roberta'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_logits_parity_ours_to_hf(family):
     "An EncoderRack with every parameter perturbed, converted to HF, gives the same MLM logits to 1e-4."
     b = _batch(family)
@@ -50,7 +62,7 @@ def test_logits_parity_ours_to_hf(family):
         ours = encoder_from_hf(_hf(family))
         for p in ours.parameters(): p.add_(0.05 * torch.randn_like(p))
         hf = encoder_to_hf(ours)
-        assert type(hf).__name__ == {'bert': 'BertForMaskedLM', 'roberta': 'RobertaForMaskedLM'}[family]
+        assert type(hf) is type(_hf(family))
         assert (hf(**b).logits - ours(**b)).abs().max() <= 1e-4
 
 
@@ -69,11 +81,48 @@ def test_bert_model_with_pooler_both_ways():
     assert sum(p.numel() for p in back.parameters()) == count_parameters(ours)
 
 
+@pytest.mark.parametrize('bare', [lambda: DistilBertModel(DistilBertConfig(**SMALL_DISTIL)),
+                                  lambda: ModernBertModel(ModernBertConfig(**SMALL_MODERN))])
+def test_bare_models_without_pooler_both_ways(bare):
+    "DistilBertModel and ModernBertModel (hidden states, no pooler) convert both ways with matching hidden states."
+    torch.manual_seed(2)
+    hf, b = bare().eval(), _batch('modernbert')
+    with torch.no_grad():
+        ours = encoder_from_hf(hf)
+        assert ours.lm_head is None and ours.pooler is None
+        assert (ours(**b) - hf(**b).last_hidden_state).abs().max() <= 1e-4
+        for p in ours.parameters(): p.add_(0.05 * torch.randn_like(p))
+        back = encoder_to_hf(ours)
+        assert type(back) is type(hf) and (back(**b).last_hidden_state - ours(**b)).abs().max() <= 1e-4
+
+
+def test_modernbert_layout_is_read_from_hf():
+    "HF's per-layer types and RoPE bases become global_every, local_window and the two thetas; the window matters."
+    hf, b = _hf('modernbert'), _batch('modernbert')
+    ours = encoder_from_hf(hf).eval()
+    assert (ours.cfg.global_every, ours.cfg.local_window, ours.cfg.rope_theta, ours.cfg.local_rope_theta) == (3, 4, 160_000.0, 10_000.0)
+    assert [type(blk.norm1).__name__ for blk in ours.blocks] == ['Identity', 'LayerNorm', 'LayerNorm']
+    with torch.no_grad():
+        for blk in ours.blocks: blk.attn.window = None  # all global: no longer ModernBERT
+        assert (ours(**b) - hf(**b).logits).abs().max() > 1e-2
+
+
+def test_unconvertible_recipes_name_the_field():
+    from stackwise.core import StackwiseError
+    with pytest.raises(StackwiseError, match="norm_position='pre' \\(needs 'post'\\)"):
+        encoder_to_hf(EncoderRack(load_config('encoder/bert_family/tiny', ['norm_position=pre'])))
+    with pytest.raises(StackwiseError, match='has no pooler'):
+        encoder_to_hf(EncoderRack(load_config('encoder/modernbert_family/tiny'), mlm_head=False, pooler=True))
+
+
 @pytest.mark.parametrize('preset,heads,n', [
     ('encoder/bert_family/base', dict(mlm_head=False, pooler=True), 109_482_240),  # BertModel bert-base-uncased
     ('encoder/bert_family/large', dict(mlm_head=False, pooler=True), 335_141_888),  # BertModel bert-large-uncased
     ('encoder/bert_family/tiny', dict(mlm_head=False, pooler=True), 4_385_920),  # BertModel bert_uncased_L-2_H-128_A-2
-    ('encoder/roberta_family/base', dict(mlm_head=True, pooler=False), 124_697_433)])  # RobertaForMaskedLM roberta-base
+    ('encoder/roberta_family/base', dict(mlm_head=True, pooler=False), 124_697_433),  # RobertaForMaskedLM roberta-base
+    ('encoder/modernbert_family/base', dict(mlm_head=False, pooler=False), 149_014_272),  # ModernBertModel ModernBERT-base
+    ('encoder/modernbert_family/large', dict(mlm_head=False, pooler=False), 394_781_696),  # ModernBertModel ModernBERT-large
+    ('encoder/bert_family/modern', dict(mlm_head=False, pooler=False), 149_014_272)])
 def test_published_parameter_counts(preset, heads, n):
     "The presets, counted as an EncoderRack on the meta device with the checkpoint's heads, give the published sizes."
     assert encoder_parameters(load_config(preset), **heads) == n
@@ -99,11 +148,12 @@ def test_bidirectional():
         assert (enc(ids)[:, :-1] - enc(other)[:, :-1]).abs().max() <= 1e-5
 
 
-def test_tiny_bert_learns_mlm_in_50_steps():
-    "The tiny BERT preset (vocabulary 1024) learns a fixed masked batch: MLM loss falls from ~ln V to under half."
+@pytest.mark.parametrize('preset', ['encoder/bert_family/tiny', 'encoder/modernbert_family/tiny'])
+def test_small_encoders_learn_mlm_in_50_steps(preset):
+    "The BERT and ModernBERT tiny presets (vocabulary 1024) learns a fixed masked batch: MLM loss falls from ~ln V to under half."
     torch.manual_seed(0)
     V = 1024
-    rack = EncoderRack(load_config('encoder/bert_family/tiny', [f'vocab_size={V}', 'max_seq_len=64']))
+    rack = EncoderRack(load_config(preset, [f'vocab_size={V}', 'max_seq_len=64']))
     opt = torch.optim.AdamW(rack.parameters(), lr=2e-3)
     inp, lab = mlm_mask(torch.randint(5, V, (8, 64)), 4, V, p=0.3)
     losses = []
