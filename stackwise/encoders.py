@@ -67,6 +67,8 @@ class EncoderRack(Rack):
         for m in (self.lm_head, self.pooler):
             if m is not None: m.apply(self._init)
 
+    def init_kwargs(self) -> dict: return dict(mlm_head=self.lm_head is not None, pooler=self.pooler is not None)
+
     @property
     def padding_positions(self) -> bool:
         "Whether positions skip padding, RoBERTa style."

@@ -4,6 +4,7 @@
 
 # %% ../nbs/13_families.ipynb #452a402f
 from __future__ import annotations
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -167,21 +168,34 @@ def load_hf(name:str, stack_sizes:list[int]|None=None) -> Rack:
 
 # %% ../nbs/13_families.ipynb #fe9e5f3c
 def save_rack(rack:Rack, folder:str|Path) -> Path:
-    "Write `config.yaml` and `model.safetensors` into `folder`."
+    "Write `config.yaml` and `model.safetensors` (which names the Rack's class and heads) into `folder`."
     from safetensors.torch import save_model
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     tmp = folder/'.model.safetensors.tmp'
-    save_model(rack, str(tmp))
+    kind = type(rack)
+    save_model(rack, str(tmp), metadata={'rack_class': f'{kind.__module__}.{kind.__qualname__}', 'rack_kwargs': json.dumps(rack.init_kwargs())})
     tmp.replace(folder/'model.safetensors')
     atomic_write(folder/'config.yaml', yaml.safe_dump(config_dict(rack.cfg), sort_keys=False))
     return folder
 
+def _rack_class(meta:dict|None):
+    "The Rack subclass a checkpoint names (only stackwise's own: loading never imports other code)."
+    import importlib
+    path = (meta or {}).get('rack_class', 'stackwise.rack.Rack')
+    module, _, name = path.rpartition('.')
+    cls = getattr(importlib.import_module(module), name, None) if module.split('.')[0] == 'stackwise' else None
+    if not (isinstance(cls, type) and issubclass(cls, Rack)):
+        raise StackwiseError(f'the checkpoint names {path!r}, which is not a stackwise Rack class: it was not written by save_rack')
+    return cls, json.loads((meta or {}).get('rack_kwargs', '{}'))
+
 def load_rack(folder:str|Path, device:str|torch.device='cpu') -> Rack:
-    "The Rack saved in `folder` by `save_rack`."
+    "The Rack (or EncoderRack, with its heads) saved in `folder` by `save_rack`."
+    from safetensors import safe_open
     from safetensors.torch import load_model
     folder = Path(folder)
     for f in ('config.yaml', 'model.safetensors'):
         if not (folder/f).exists(): raise StackwiseError(f'{folder} has no {f}: not a Rack saved by save_rack')
-    rack = Rack(load_config(folder/'config.yaml'))
+    with safe_open(str(folder/'model.safetensors'), 'pt') as f: cls, kwargs = _rack_class(f.metadata())
+    rack = cls(load_config(folder/'config.yaml'), **kwargs)
     load_model(rack, str(folder/'model.safetensors'), device=str(device))
     return rack

@@ -55,6 +55,10 @@ class Rack(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, 0.0, 0.02)
         if isinstance(m, nn.Linear) and m.bias is not None: nn.init.zeros_(m.bias)
 
+    def init_kwargs(self) -> dict:
+        "Constructor arguments besides the config, so that a saved Rack is rebuilt as it was (`families.load_rack`)."
+        return {}
+
     @property
     def blocks(self) -> list[Block]: return [b for s in self.stacks for b in s.blocks]
 

@@ -167,3 +167,15 @@ def test_small_encoders_learn_mlm_in_50_steps(preset):
         opt.zero_grad(); loss.backward(); opt.step()
         losses.append(loss.item())
     assert losses[0] > 6 and losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize('heads', [dict(mlm_head=True, pooler=False), dict(mlm_head=False, pooler=True)])
+def test_save_and_load_keeps_the_heads(tmp_path, heads):
+    "An EncoderRack saved with save_rack comes back as an EncoderRack with the same heads and identical outputs."
+    from stackwise.families import load_rack, save_rack
+    torch.manual_seed(0)
+    enc = EncoderRack(load_config('encoder/bert_family/tiny', ['vocab_size=100']), **heads).eval()
+    again = load_rack(save_rack(enc, tmp_path)).eval()
+    ids = torch.randint(0, 100, (2, 9))
+    assert type(again) is EncoderRack and again.init_kwargs() == heads
+    with torch.no_grad(): assert torch.equal(again(ids), enc(ids))
