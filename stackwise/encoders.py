@@ -5,6 +5,7 @@
 # %% ../nbs/14_encoders.ipynb #76f19c06
 from __future__ import annotations
 from dataclasses import dataclass
+from typing import Callable  # HFAdapter's field annotations are resolved here when EncoderAdapter's signature is read (site docs)
 
 import torch
 import torch.nn as nn
