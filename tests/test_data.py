@@ -347,3 +347,21 @@ def test_ner_alignment_first_piece_gets_the_tag(tmp_path):
     all_lab = NERCollator(bpe, label_all_tokens=True)([row])['labels'][0].tolist()
     assert all_lab.count(7) == len([t for t in bpe.offsets(' '.join(row['tokens']))[1] if 12 <= t[0] < 20 and t[1] > 12 and
                                     ' '.join(row['tokens'])[t[0]:t[1]].strip()])
+
+
+# --- the command line --------------------------------------------------------------------------------------
+
+def test_cli_data_list_and_check(tmp_path, capsys):
+    "`stackwise data list` shows the registry; `data check` counts local copies and fails loudly on a mismatch."
+    from stackwise.cli import main
+    assert main(['data', 'list', '--data', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert 'openwebtext' in out and 'Skylion007/openwebtext' in out and 'present' in out
+    assert main(['data', 'check', '--data', str(tmp_path)]) == 1
+    assert 'no registered dataset has its files' in capsys.readouterr().err
+    _write(tmp_path, 'sst2/dev.tsv', 'sentence\tlabel\n' + 'good \t1\n' * 872)
+    assert main(['data', 'check', '--data', str(tmp_path)]) == 0
+    assert '1 counts match the registry' in capsys.readouterr().out
+    _write(tmp_path, 'sst2/train.tsv', 'sentence\tlabel\nonly one row \t1\n')
+    assert main(['data', 'check', 'sst2', '--data', str(tmp_path)]) == 1
+    assert 'sst2/train rows 1 != 67349' in capsys.readouterr().err
