@@ -200,6 +200,8 @@ def test_bpe_training_round_trip_and_cache(tmp_path):
     with patch('tokenizers.Tokenizer.train_from_iterator', side_effect=AssertionError('trained again')):
         assert train_bpe(corpus, vocab_size=320, cache=tmp_path).fingerprint() == tok.fingerprint()
     assert get_tokenizer(str(cached)).encode(['the cat'])[0] == tok.encode(['the cat'])[0]
+    fresh = train_bpe((t for t in corpus), vocab_size=320, cache=tmp_path/'gen')  # a one-shot generator trains the same BPE
+    assert fresh.vocab_size == tok.vocab_size > 260 and fresh.encode([corpus[0]]) == tok.encode([corpus[0]])
 
 
 def test_pretrained_tokenizer_offline_error():
