@@ -367,3 +367,11 @@ def test_cli_data_list_and_check(tmp_path, capsys):
     _write(tmp_path, 'sst2/train.tsv', 'sentence\tlabel\nonly one row \t1\n')
     assert main(['data', 'check', 'sst2', '--data', str(tmp_path)]) == 1
     assert 'sst2/train rows 1 != 67349' in capsys.readouterr().err
+
+
+def test_every_model_family_has_a_tokenizer():
+    "Seed 000's auto-select: every preset's family maps to a tokenizer (a hub name, or bytes)."
+    from stackwise.config import list_presets, load_config
+    from stackwise.tokenization import FAMILY_TOKENIZERS
+    assert {load_config(p).family for p in list_presets()} <= set(FAMILY_TOKENIZERS)
+    assert get_tokenizer('bdh').name == 'bytes'
