@@ -71,6 +71,25 @@ def _readme(a):
     from stackwise import site
     print(f'{site.write_readme(check=a.check)} {"is in step" if a.check else "written"}')
 
+def _data(a):
+    from stackwise import datasets as sd
+    root = sd.data_root(a.data)
+    if a.action == 'list':
+        table = sd.datasets_table()
+        table['present'] = [bool(root) and any(sd.local_files(sd.dataset_spec(n), s, root) for s in sd.dataset_spec(n).get('local', {}).get('files', {}))
+                            for n in table.index]
+        print(table.to_string()); return
+    if root is None or not root.is_dir():
+        raise StackwiseError(f'no local data folder ({root or "STACKWISE_DATA is not set"}): pass --data DIR or set STACKWISE_DATA')
+    import datasets
+    datasets.disable_progress_bars()
+    checks = sd.check_counts(root, a.names or None)
+    if checks.empty: raise StackwiseError(f'no registered dataset has its files under {root} (see `stackwise data list`)')
+    print(checks.to_string(index=False))
+    bad = checks[checks.match == False]
+    if len(bad): raise StackwiseError(f'{len(bad)} count(s) differ from the registry: ' + ', '.join(f'{r.dataset}/{r.split} {r.check} {r.actual} != {r.expected}' for r in bad.itertuples()))
+    print(f'{int(checks.match.notna().sum())} counts match the registry, in {checks.dataset.nunique()} datasets under {root}')
+
 # %% ../nbs/09_cli.ipynb #b8819877
 def build_parser() -> argparse.ArgumentParser:
     "The `stackwise` argument parser."
@@ -112,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument('--no-quarto', action='store_true', help='use the static fallback even when Quarto is installed')
         if name == 'report': s.add_argument('--skip-experiments', action='store_true', help='only render')
         s.set_defaults(func=func)
+
+    s = sub.add_parser('data', help='the dataset registry: list it, or check local copies against the published counts')
+    s.add_argument('action', choices=['list', 'check'], help='list: every registered dataset; check: load and count the local copies')
+    s.add_argument('names', nargs='*', help='check only these datasets')
+    s.add_argument('--data', help='local copies folder (default: $STACKWISE_DATA)')
+    s.set_defaults(func=_data)
 
     s = sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb')
     s.add_argument('--check', action='store_true', help='only check that README.md is in step')
