@@ -321,6 +321,10 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'stackwise.packing.pack_tokens': ('packing.html#pack_tokens', 'stackwise/packing.py'),
                                    'stackwise.packing.packed_corpus': ('packing.html#packed_corpus', 'stackwise/packing.py'),
                                    'stackwise.packing.stream_blocks': ('packing.html#stream_blocks', 'stackwise/packing.py')},
+            'stackwise.qlora': { 'stackwise.qlora.add_lora': ('qlora.html#add_lora', 'stackwise/qlora.py'),
+                                 'stackwise.qlora.qlora': ('qlora.html#qlora', 'stackwise/qlora.py'),
+                                 'stackwise.qlora.quantize_nf4': ('qlora.html#quantize_nf4', 'stackwise/qlora.py'),
+                                 'stackwise.qlora.trainable_fraction': ('qlora.html#trainable_fraction', 'stackwise/qlora.py')},
             'stackwise.rack': { 'stackwise.rack.Rack': ('rack.html#rack', 'stackwise/rack.py'),
                                 'stackwise.rack.Rack.__init__': ('rack.html#rack.__init__', 'stackwise/rack.py'),
                                 'stackwise.rack.Rack._init': ('rack.html#rack._init', 'stackwise/rack.py'),
@@ -483,4 +487,5 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'stackwise.trainer.save_checkpoint': ('trainer.html#save_checkpoint', 'stackwise/trainer.py'),
                                    'stackwise.trainer.set_pointer': ('trainer.html#set_pointer', 'stackwise/trainer.py'),
                                    'stackwise.trainer.set_rng_state': ('trainer.html#set_rng_state', 'stackwise/trainer.py'),
-                                   'stackwise.trainer.train_step': ('trainer.html#train_step', 'stackwise/trainer.py')}}}
+                                   'stackwise.trainer.train_step': ('trainer.html#train_step', 'stackwise/trainer.py'),
+                                   'stackwise.trainer.trainable_state': ('trainer.html#trainable_state', 'stackwise/trainer.py')}}}

@@ -216,3 +216,22 @@ def test_cli_train_bad_input(tmp_path, args, message):
     r = run_cmd([exe('stackwise'), 'train', '--results', str(tmp_path), *args])
     assert r.returncode == 1 and r.stderr.startswith(f'stackwise: error: {message}') and 'Traceback' not in r.stderr
     assert not any(tmp_path.iterdir()), 'nothing is written for refused input'
+
+
+def test_qlora_checkpoints_hold_the_adapters_and_resume(tmp_path):
+    "QLoRA (nf4 base + LoRA): checkpoints hold the trained adapters only; resuming restores them exactly."
+    from safetensors.torch import load_file
+    from stackwise.qlora import qlora
+    cfg = TrainConfig(max_steps=4, checkpoint_every=2, dtype='amp_bf16', lr=1e-2, warmup_steps=1, progress=False, mfu=False, tensorboard=False)
+    data = lambda: BlockLoader(TokenBlocks(np.arange(4000) % 63, 16), 4, seed=0)
+    run = start_run('t', root=tmp_path)
+    t = Trainer(qlora(_nano(), r=4), data(), cfg, run=run)
+    t.fit()
+    ck = run.path/'checkpoints'/(run.path/'checkpoints'/'final').read_text().strip()
+    saved = load_file(ck/'model.safetensors')
+    trained = {n: p for n, p in t.module.named_parameters() if p.requires_grad}
+    assert saved.keys() == trained.keys() and all('lora_' in k for k in saved)
+    t2 = Trainer(qlora(_nano(), r=4), data(), cfg, run=start_run('t', path=run.path))
+    assert t2.resume() == 4
+    for n, p in t2.module.named_parameters():
+        if p.requires_grad: assert torch.equal(p, trained[n]), n
