@@ -90,6 +90,59 @@ def _data(a):
     if len(bad): raise StackwiseError(f'{len(bad)} count(s) differ from the registry: ' + ', '.join(f'{r.dataset}/{r.split} {r.check} {r.actual} != {r.expected}' for r in bad.itertuples()))
     print(f'{int(checks.match.notna().sum())} counts match the registry, in {checks.dataset.nunique()} datasets under {root}')
 
+def _preset(family:str, name:str) -> str:
+    "`gpt2`, `nano` -> `decoder/gpt2_family/nano`, or an error listing the family's presets."
+    from stackwise.config import list_presets
+    found = [p for p in list_presets() if p.split('/')[-2:] == [f'{family}_family', name]]
+    if not found:
+        known = sorted({p.split('/')[-2].removesuffix('_family') for p in list_presets()})
+        mine = [p.split('/')[-1] for p in list_presets() if p.split('/')[-2] == f'{family}_family']
+        raise StackwiseError(f'no preset {name!r} for family {family!r}: ' + (f'{family} has {", ".join(mine)}' if mine else f'families: {", ".join(known)}'))
+    return found[0]
+
+def _split_overrides(pairs:list[str]) -> tuple[dict, list[str]]:
+    "`key=value` pairs: TrainConfig fields as a dict (values read as YAML), `model.field=value` as model overrides."
+    import dataclasses, yaml
+    from stackwise.trainer import TrainConfig
+    fields, train, model = {f.name for f in dataclasses.fields(TrainConfig)}, {}, []
+    for kv in pairs:
+        k, sep, v = kv.partition('=')
+        if not sep: raise StackwiseError(f'override {kv!r} is not key=value (e.g. lr=1e-3 or model.dropout=0.1)')
+        if k.startswith('model.'): model.append(f'{k[6:]}={v}')
+        elif k in fields: train[k] = yaml.safe_load(v)
+        else: raise StackwiseError(f'unknown override {k!r}: use a TrainConfig field ({", ".join(sorted(fields))}) or model.<field>')
+    return train, model
+
+def _lm_blocks(data:str, tok, block_size:int, split:str, seed:int):
+    "Token blocks of a registry LM dataset, or of the synthetic known-entropy language (`synthetic`)."
+    from stackwise.datasets import load_dataset, synthetic_corpus
+    from stackwise.packing import TokenBlocks, packed_corpus
+    texts = synthetic_corpus(n_docs=64 if split == 'train' else 8, seed=seed + (split != 'train'))[0] if data == 'synthetic' else load_dataset(data, split)
+    return TokenBlocks(packed_corpus(texts, tok, progress=False), block_size)
+
+def _train(a):
+    import dataclasses, torch
+    from stackwise.config import load_config
+    from stackwise.packing import BlockLoader
+    from stackwise.rack import Rack
+    from stackwise.runs import start_run
+    from stackwise.tokenization import get_tokenizer
+    from stackwise.trainer import TrainConfig, Trainer
+    train_over, model_over = _split_overrides(a.overrides)
+    preset = _preset(a.family, a.config)
+    tok = get_tokenizer('bytes' if a.data == 'synthetic' else load_config(preset).family)
+    cfg = TrainConfig(**{**train_over, 'dtype': a.dtype, 'objective': a.objective,
+                         'mask_token_id': tok.mask_token_id if a.objective == 'mlm' else None})
+    mcfg = load_config(preset, [f'vocab_size={tok.vocab_size}', f'max_seq_len={a.block_size}', f'causal={a.objective == "clm"}', *model_over])
+    train = BlockLoader(_lm_blocks(a.data, tok, a.block_size, 'train', cfg.seed), a.batch_size, seed=cfg.seed)
+    val = BlockLoader(_lm_blocks(a.data, tok, a.block_size, 'validation', cfg.seed), a.batch_size, shuffle=False) if cfg.eval_every else None
+    run = start_run(a.experiment, dict(preset=preset, data=a.data, block_size=a.block_size, batch_size=a.batch_size,
+                                       train=dataclasses.asdict(cfg)), root=a.results, path=a.resume)
+    torch.manual_seed(cfg.seed)  # the initial weights
+    out = Trainer(Rack(mcfg), train, cfg, val, run).fit(resume=bool(a.resume))
+    print(f'run folder: {run.path}')
+    print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in out.items() if v is not None))
+
 # %% ../nbs/09_cli.ipynb #b8819877
 def build_parser() -> argparse.ArgumentParser:
     "The `stackwise` argument parser."
@@ -137,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('names', nargs='*', help='check only these datasets')
     s.add_argument('--data', help='local copies folder (default: $STACKWISE_DATA)')
     s.set_defaults(func=_data)
+
+    s = sub.add_parser('train', help='train a model preset end to end (classical trainer) into a run folder')
+    s.add_argument('--family', default='gpt2', help='model family: gpt2, llama, bert, ...')
+    s.add_argument('--config', default='nano', help="the family's preset: nano, small, ... (see `stackwise model --list`)")
+    s.add_argument('--dtype', default='fp32', help='dtype policy: fp32, amp_fp16, amp_bf16, bf16_pure, fp16_pure, amp_bf16_8bit')
+    s.add_argument('--objective', default='clm', help='clm (next token) or mlm (masked tokens)')
+    s.add_argument('--data', default='synthetic', help='a registry LM dataset (stackwise data list) or synthetic (the known-entropy language)')
+    s.add_argument('--block-size', type=int, default=128, help='tokens per sequence')
+    s.add_argument('--batch-size', type=int, default=16, help='sequences per micro-batch')
+    s.add_argument('--experiment', default='train', help='run folders go to results/<experiment>/')
+    s.add_argument('--results', help='results folder (default: results/ of this checkout)')
+    s.add_argument('--resume', metavar='RUN_DIR', help='continue this run folder from its latest checkpoint')
+    s.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='TrainConfig fields (max_steps=200 lr=1e-3 grad_accum=4) or model.<field>=value')
+    s.set_defaults(func=_train)
 
     s = sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb')
     s.add_argument('--check', action='store_true', help='only check that README.md is in step')

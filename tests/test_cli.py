@@ -5,7 +5,7 @@ from conftest import ROOT, exe, run_cmd
 def test_help_lists_subcommands():
     r = run_cmd([exe('stackwise'), '--help'])
     assert r.returncode == 0
-    for sub in ('hardware', 'model', 'experiment', 'runs', 'docs', 'report', 'readme'):
+    for sub in ('hardware', 'model', 'experiment', 'runs', 'docs', 'report', 'readme', 'train'):
         assert sub in r.stdout
 
 
