@@ -237,3 +237,24 @@ def test_qlora_checkpoints_hold_the_adapters_and_resume(tmp_path):
     assert t2.resume() == 4
     for n, p in t2.module.named_parameters():
         if p.requires_grad: assert torch.equal(p, trained[n]), n
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
+    """Train on one memorisable pattern and validate on unrelated random tokens: validation loss bottoms out, then
+    rises as the model overfits; with patience 2 training stops early, and the best checkpoint is the minimum's step."""
+    from safetensors.torch import load_file
+    pattern = np.tile(np.arange(63) * 7 % 63, 40)  # one fixed cycle: learnable, and useless on the validation tokens
+    train = BlockLoader(TokenBlocks(pattern, 16), 4, seed=0)
+    val = BlockLoader(TokenBlocks(np.random.default_rng(1).integers(0, 63, 2000), 16), 4, seed=0, shuffle=False)
+    run = start_run('t', root=tmp_path)
+    cfg = TrainConfig(max_steps=200, lr=1e-2, warmup_steps=1, schedule='constant', eval_every=2, eval_batches=2, patience=2,
+                      progress=False, mfu=False, tensorboard=False)
+    out = Trainer(_nano(), train, cfg, val_data=val, run=run).fit()
+    val_curve = pd.read_csv(run.path/'metrics.csv').dropna(subset=['val_loss'])
+    assert out['stopped_early'] and out['steps'] < cfg.max_steps, out
+    best = val_curve.loc[val_curve.val_loss.idxmin()]
+    assert out['best_step'] == best.step and out['best_val_loss'] == pytest.approx(best.val_loss)
+    assert (val_curve.step > best.step).sum() == cfg.patience  # stopped at exactly `patience` evaluations past the best
+    ck = run.path/'checkpoints'
+    assert (ck/'best').read_text().strip() == f'step-{int(best.step):06d}'
+    assert load_file(ck/f'step-{int(best.step):06d}'/'model.safetensors')
