@@ -353,6 +353,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'stackwise.rack._unique': ('rack.html#_unique', 'stackwise/rack.py'),
                                 'stackwise.rack.count_parameters': ('rack.html#count_parameters', 'stackwise/rack.py'),
                                 'stackwise.rack.flops_per_token': ('rack.html#flops_per_token', 'stackwise/rack.py'),
+                                'stackwise.rack.matmul_parameters': ('rack.html#matmul_parameters', 'stackwise/rack.py'),
                                 'stackwise.rack.parameter_table': ('rack.html#parameter_table', 'stackwise/rack.py')},
             'stackwise.runs': { 'stackwise.runs.Run': ('runs.html#run', 'stackwise/runs.py'),
                                 'stackwise.runs.Run.__init__': ('runs.html#run.__init__', 'stackwise/runs.py'),

@@ -5,21 +5,21 @@
 # %% ../nbs/40_bench.ipynb #824702e7
 from __future__ import annotations
 import statistics, time
-from contextlib import nullcontext
 from typing import Callable
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .dtypes import autocast_ctx
+
 # %% auto #0
 __all__ = ['autocast_for', 'lm_train_step', 'compare_throughput', 'plot_throughput']
 
 # %% ../nbs/40_bench.ipynb #2d3ce903
 def autocast_for(dtype:str, device:str|torch.device='cpu'):
-    "The autocast context of a dtype name (`fp32`: none)."
-    if dtype == 'fp32': return nullcontext()
-    return torch.autocast(torch.device(device).type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}[dtype])
+    "The autocast context of a short dtype name (`fp32`: none; `bf16`/`fp16`: the dtype policy's autocast recipes)."
+    return autocast_ctx({'bf16': 'amp_bf16', 'fp16': 'amp_fp16'}.get(dtype, dtype), device)
 
 def lm_train_step(model, # returns logits, or an HF output with `.logits`
                   batch, # [B, T+1] token ids

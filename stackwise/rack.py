@@ -16,7 +16,7 @@ from .config import ModelConfig, load_config
 from .hardware import train_flops_per_token
 
 # %% auto #0
-__all__ = ['Stack', 'Rack', 'count_parameters', 'parameter_table', 'flops_per_token']
+__all__ = ['Stack', 'Rack', 'count_parameters', 'parameter_table', 'matmul_parameters', 'flops_per_token']
 
 # %% ../nbs/12_rack.ipynb #28fe3596
 class Stack(nn.Module):
@@ -125,10 +125,13 @@ def parameter_table(model_or_cfg) -> pd.DataFrame:
     df['share'] = df.parameters / df.parameters.sum()
     return df
 
+def matmul_parameters(model:nn.Module) -> int:
+    "Parameters used in matmuls: all of them less the embedding tables that are only looked up (a table tied to an output layer is a matmul too). Any nn.Module: a Rack or an HF model."
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    lookups = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Embedding) and id(m.weight) not in linear}
+    return count_parameters(model) - sum(w.numel() for w in lookups.values())
+
 def flops_per_token(cfg:ModelConfig, seq_len:int|None=None) -> int:
     "Training FLOPs per token (6N + 12·L·d·T), N counting only parameters used in matmuls."
-    T = seq_len or cfg.max_seq_len
     with torch.device('meta'): model = Rack(cfg)
-    lookups = [m for m in (model.pos_emb, model.type_emb) if m is not None] + ([] if cfg.tie_embeddings else [model.tok_emb])
-    n = count_parameters(model) - sum(m.weight.numel() for m in lookups)
-    return train_flops_per_token(n, cfg.n_layers, cfg.d_model, T)
+    return train_flops_per_token(matmul_parameters(model), cfg.n_layers, cfg.d_model, seq_len or cfg.max_seq_len)

@@ -176,17 +176,12 @@ def load_checkpoint(path:str|Path, # a checkpoint, checkpoints or run folder
 def _model_flops_per_token(model, seq_len:int) -> int:
     "Training FLOPs per token of a Rack or an HF decoder (6N + 12·L·d·T, lookup embeddings excluded)."
     from stackwise.hardware import train_flops_per_token
-    from stackwise.rack import Rack, flops_per_token
+    from stackwise.rack import Rack, flops_per_token, matmul_parameters
     if isinstance(model, Rack): return flops_per_token(model.cfg, seq_len)
     c = model.config
     L = getattr(c, 'num_hidden_layers', None) or c.n_layer
     d = getattr(c, 'hidden_size', None) or c.n_embd
-    params = {id(p): p for p in model.parameters()}
-    emb = model.get_input_embeddings().weight
-    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is emb
-    lookups = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding) and (m.weight is not emb or not tied)]
-    n = sum(p.numel() for p in params.values()) - sum(w.numel() for w in {id(w): w for w in lookups}.values())
-    return train_flops_per_token(n, L, d, seq_len)
+    return train_flops_per_token(matmul_parameters(model), L, d, seq_len)
 
 def _param_groups(model, weight_decay:float) -> list[dict]:
     "Decay matrices only: biases, norm gains and embeddings keep their scale (GPT-2/nanoGPT practice)."
