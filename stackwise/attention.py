@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from .config import ModelConfig
 
 # %% auto #0
-__all__ = ['naive_attention', 'RotaryEmbedding', 'apply_rope', 'KVCache', 'attention_mask', 'Attention']
+__all__ = ['MATMUL_ATTENTION_MAX_KEYS', 'naive_attention', 'RotaryEmbedding', 'apply_rope', 'KVCache', 'attention_mask',
+           'matmul_attention', 'attend', 'hf_attention', 'use_fast_attention', 'Attention']
 
 # %% ../nbs/10_attention.ipynb #398f79cb
 def naive_attention(q, k, v, # [B, H, Tq, hd], [B, Hkv, Tk, hd], [B, Hkv, Tk, hd]
@@ -75,6 +76,61 @@ def attention_mask(T:int, # queries: the newest T of the Tk positions
     mask = mask[None, None]
     return mask if key_mask is None else mask & key_mask[:, None, None, :]
 
+# %% ../nbs/10_attention.ipynb #3e374955
+MATMUL_ATTENTION_MAX_KEYS = 512  # CPU, half precision: up to this many keys two matmuls beat SDPA's fused kernel
+_CAUSAL_BLOCK = 128  # causal: halves of at least this many queries are computed apart
+
+def matmul_attention(q, k, v, # [B, H, T, hd], [B, Hkv, Tk, hd], [B, Hkv, Tk, hd_v]
+                     causal:bool=False, # each query sees only keys at or before its position
+                     scale:float|None=None, # default 1/sqrt(hd)
+                    ):
+    "Softmax attention as two batched matmuls; the query heads of one K/V head are stacked, so GQA copies nothing."
+    B, H, T, hd = q.shape
+    Hk, Tk = k.shape[1], k.shape[-2]
+    if causal and T == Tk and T % 2 == 0 and T >= 2 * _CAUSAL_BLOCK:  # the first half of the queries sees only the first half
+        h = T // 2                                                     # of the keys: skip the masked quarter of the work
+        return torch.cat([matmul_attention(q[:, :, :h], k[:, :, :h], v[:, :, :h], True, scale),
+                          matmul_attention(q[:, :, h:], k, v, True, scale)], 2)
+    g = H // Hk
+    s = (q * (scale or hd**-0.5)).reshape(B, Hk, g * T, hd) @ k.transpose(-1, -2)  # [B, Hk, g*T, Tk]
+    if causal:  # the last query is the newest token
+        future = torch.ones(T, Tk, dtype=torch.bool, device=q.device).triu(Tk - T + 1)
+        s = s.view(B, Hk, g, T, Tk).masked_fill(future, float('-inf')).view(B, Hk, g * T, Tk)
+    return (s.softmax(-1) @ v).view(B, H, T, v.shape[-1])
+
+def _matmul_path(q, k, mask, dropout:float) -> bool:
+    return (mask is None and not dropout and q.device.type == 'cpu' and q.dtype in (torch.bfloat16, torch.float16)
+            and k.shape[-2] <= MATMUL_ATTENTION_MAX_KEYS)
+
+def attend(q, k, v, # [B, H, T, hd], [B, Hkv, Tk, hd], [B, Hkv, Tk, hd_v]
+           mask=None, # bool [1|B, 1, T, Tk], True: may attend (from `attention_mask`)
+           causal:bool=False, # used when `mask` is None
+           dropout:float=0.0, # attention dropout (training only)
+           scale:float|None=None):
+    "Scaled dot-product attention by the faster kernel for this call: `matmul_attention` or SDPA."
+    if _matmul_path(q, k, mask, dropout): return matmul_attention(q, k, v, causal, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and mask is None,
+                                          scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+# %% ../nbs/10_attention.ipynb #c1b82c75
+def hf_attention(module, query, key, value, attention_mask, dropout:float=0.0, scaling:float|None=None, is_causal:bool|None=None, **kwargs):
+    "`attend` in HF transformers' attention interface: the matmul path where it is faster, HF's SDPA function otherwise."
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    causal = (is_causal if is_causal is not None else getattr(module, 'is_causal', True)) and query.shape[2] > 1
+    if kwargs.get('cache') is None and kwargs.get('softcap') is None and _matmul_path(query, key, attention_mask, dropout):
+        return matmul_attention(query, key, value, causal, scaling).transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)
+
+def use_fast_attention(model) -> bool:
+    "Switch an HF model that runs on SDPA to `hf_attention` (registered as 'stackwise'); returns whether it switched."
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    if getattr(getattr(model, 'config', None), '_attn_implementation', None) != 'sdpa': return False
+    AttentionInterface.register('stackwise', hf_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register('stackwise', sdpa_mask)
+    model.set_attn_implementation('stackwise')
+    return True
+
 # %% ../nbs/10_attention.ipynb #7396092f
 class Attention(nn.Module):
     "Multi-head self-attention with grouped K/V heads, optional RoPE and KV cache."
@@ -97,6 +153,5 @@ class Attention(nn.Module):
         if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None: k, v = cache.update(self.layer, k, v)
         mask = attention_mask(T, k.shape[-2], self.causal, self.window, key_mask, x.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.causal and mask is None, enable_gqa=self.n_kv_heads != self.n_heads)
+        y = attend(q, k, v, mask, self.causal, self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))

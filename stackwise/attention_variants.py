@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import Attention, KVCache, RotaryEmbedding, apply_rope, attention_mask
+from .attention import Attention, KVCache, RotaryEmbedding, apply_rope, attend, attention_mask
 from .config import ModelConfig
 
 # %% auto #0
@@ -60,8 +60,7 @@ class MLA(Attention):
         q = torch.cat([q_nope, q_pe], -1)
         k = torch.cat([k_nope, k_pe.expand(B, H, Tk, r)], -1)
         mask = attention_mask(T, Tk, self.causal, self.window, key_mask, x.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.causal and mask is None)
+        y = attend(q, k, v, mask, self.causal, self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, H * self.v_dim))
 
 # %% ../nbs/10a_attention_variants.ipynb #953bac74

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .attention import use_fast_attention
 from .collators import IGNORE, CLMCollator, MLMCollator
 from .core import StackwiseError, atomic_write, read_json, write_json
 from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
@@ -47,6 +48,7 @@ class TrainConfig:
     mask_token_id: int|None = None  # mlm only
     seed: int = 0
     compile: bool = False  # torch.compile the model
+    attention: str = 'auto'  # auto: HF models on SDPA take `stackwise.attention.attend`'s faster kernel | model: as the model says
     # evaluation and early stopping (outside the hash: they never change the weights)
     eval_every: int = 0  # steps between validation passes (0: none)
     eval_batches: int = 8  # validation micro-batches per pass (the same ones every time)
@@ -66,6 +68,8 @@ class TrainConfig:
             raise StackwiseError(f'unknown schedule {self.schedule!r}: use one of {", ".join(SCHEDULES)}')
         if self.objective == 'mlm' and self.mask_token_id is None:
             raise StackwiseError("objective 'mlm' needs mask_token_id (the tokenizer's mask token)")
+        if self.attention not in ('auto', 'model'):
+            raise StackwiseError(f"unknown attention {self.attention!r}: use 'auto' (stackwise picks the kernel) or 'model' (leave the model's)")
         for k in ('max_steps', 'grad_accum'):
             if getattr(self, k) < 1: raise StackwiseError(f'{k} must be >= 1, got {getattr(self, k)}')
 
@@ -220,6 +224,7 @@ class Trainer:
             raise StackwiseError(f'batch size {train_data.batch_size} does not split over {self.world} processes: use a multiple of {self.world}')
         tf32_mode(self.policy)
         self.module = cast_model(model, self.policy).to(self.acc.device)  # the unwrapped model: what checkpoints hold
+        if self.cfg.attention == 'auto': use_fast_attention(self.module)  # HF models; Racks already use `attend`
         self.model = self.acc.prepare_model(torch.compile(self.module) if self.cfg.compile else self.module)
         c = self.cfg
         self.opt = make_optimizer(_param_groups(self.module, c.weight_decay), self.policy, lr=c.lr, betas=(c.beta1, c.beta2))
