@@ -143,6 +143,15 @@ def _train(a):
     print(f'run folder: {run.path}')
     print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in out.items() if v is not None))
 
+def _evaluate(a):
+    from stackwise.evaluate import evaluate
+    kw = {k: v for k, v in dict(max_len=a.max_len, stride=a.stride).items() if v is not None}
+    table = evaluate(a.model, [t.strip() for t in a.tasks.split(',') if t.strip()], limit=a.limit, tokenizer=a.tokenizer,
+                     root=a.data, results=a.results, device=a.device, **kw)
+    print(table.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
+    if a.out: table.to_csv(a.out, index=False); print(f'table: {a.out}')
+    return 1 if (table.metric == 'error').all() else 0
+
 # %% ../nbs/09_cli.ipynb #b8819877
 def build_parser() -> argparse.ArgumentParser:
     "The `stackwise` argument parser."
@@ -205,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='TrainConfig fields (max_steps=200 lr=1e-3 grad_accum=4) or model.<field>=value')
     s.set_defaults(func=_train)
 
+    s = sub.add_parser('evaluate', help='zero-shot scores of a model on evaluation tasks, one run folder per task')
+    s.add_argument('--model', required=True, help='hf:NAME, a saved Rack / checkpoint / run folder, or a preset (random weights)')
+    s.add_argument('--tasks', required=True, help='comma-separated: wikitext2, wikitext103, tinyshakespeare, lambada, piqa, hellaswag, sst2, mnli, stsb')
+    s.add_argument('--limit', type=int, help='score only the first N rows of each task')
+    s.add_argument('--tokenizer', help='bytes, a family or a hub name (default: the model\'s)')
+    s.add_argument('--data', help='local copies folder (default: $STACKWISE_DATA)')
+    s.add_argument('--results', help='results folder (default: results/ of this checkout)')
+    s.add_argument('--max-len', type=int, help='perplexity window (default: the model\'s context)')
+    s.add_argument('--stride', type=int, help='perplexity window step (default: half a window)')
+    s.add_argument('--device', default='cpu', help='cpu or cuda')
+    s.add_argument('--out', help='also write the combined table to this CSV')
+    s.set_defaults(func=_evaluate)
+
     s = sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb')
     s.add_argument('--check', action='store_true', help='only check that README.md is in step')
     s.set_defaults(func=_readme)
@@ -214,11 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv:list[str]|None=None) -> int:
     "Run the `stackwise` command; returns the exit status."
     args = build_parser().parse_args(argv)
-    try: args.func(args)
+    try: rc = args.func(args)
     except StackwiseError as e:
         print(f'stackwise: error: {e}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('stackwise: interrupted', file=sys.stderr)
         return 130
-    return 0
+    return rc or 0

@@ -78,8 +78,9 @@ def perplexity(model, ids, # a causal LM (Rack or HF); token ids of one text [N]
 
 def text_perplexity(model, tokenizer, text:str, **kw) -> dict:
     "`perplexity` of a text, with bits per UTF-8 byte."
-    r = perplexity(model, tokenizer.encode([text])[0], **kw)
-    return r | dict(n_bytes=len(text.encode('utf-8')), bits_per_byte=r['nll_sum'] / math.log(2) / len(text.encode('utf-8')))
+    from stackwise.tokenization import bits_per_byte
+    r, n_bytes = perplexity(model, tokenizer.encode([text])[0], **kw), len(text.encode('utf-8'))
+    return r | dict(n_bytes=n_bytes, bits_per_byte=bits_per_byte(r['nll'], r['n_tokens'], n_bytes))
 
 # %% ../nbs/31_scoring.ipynb #f62198ac
 def _pll_rows(ids:torch.Tensor, positions:list[int], mask_id:int) -> torch.Tensor:
@@ -92,7 +93,7 @@ def _pll_rows(ids:torch.Tensor, positions:list[int], mask_id:int) -> torch.Tenso
 def continuation_logprobs(model, tokenizer, pairs:list[tuple[str, str]], # (context, continuation)
                           mask_token_id:int|None=None, # masked LMs: the mask token (default: the tokenizer's)
                           max_len:int|None=None, batch_size:int=32, progress:bool=False) -> list[dict]:
-    "Log-probability of each continuation given its context: `logprob`, `n_tokens`, `n_bytes`, `scoring`."
+    "Log-probability of each continuation given its context: `logprob`, `greedy` (every token the argmax), `n_tokens`, `n_bytes`, `scoring`."
     causal, dev, out = is_causal_lm(model), _device(model), []
     max_len = max_len or max_length(model)
     if not causal:
@@ -107,15 +108,16 @@ def continuation_logprobs(model, tokenizer, pairs:list[tuple[str, str]], # (cont
         pos = list(range(len(ids) - len(t), len(ids)))  # the continuation's positions
         if causal:
             if pos[0] == 0: raise StackwiseError('a causal LM needs at least one context token before the continuation')
-            logp = lm_logits(model, ids[None])[0, :-1].log_softmax(-1)
-            lp = logp[[p - 1 for p in pos], ids[pos]].double().sum().item()
+            logp = lm_logits(model, ids[None])[0, [p - 1 for p in pos]].log_softmax(-1)  # the predictions of the continuation
+            lp, greedy = logp[range(len(pos)), ids[pos]].double().sum().item(), bool((logp.argmax(-1) == ids[pos]).all())
         else:
-            lp = 0.0
+            lp, greedy = 0.0, True
             for i in range(0, len(pos), batch_size):
                 ps = pos[i:i + batch_size]
-                logp = lm_logits(model, _pll_rows(ids, ps, mask_token_id)).log_softmax(-1)
-                lp += logp[torch.arange(len(ps)), torch.tensor(ps), ids[ps]].double().sum().item()
-        out.append(dict(logprob=lp, n_tokens=len(t), n_bytes=len(cont.encode('utf-8')),
+                logp = lm_logits(model, _pll_rows(ids, ps, mask_token_id))[torch.arange(len(ps)), torch.tensor(ps)].log_softmax(-1)
+                lp += logp[range(len(ps)), ids[ps]].double().sum().item()
+                greedy &= bool((logp.argmax(-1) == ids[ps]).all())
+        out.append(dict(logprob=lp, greedy=greedy, n_tokens=len(t), n_bytes=len(cont.encode('utf-8')),
                         scoring='log-likelihood' if causal else 'pseudo-log-likelihood'))
     return out
 

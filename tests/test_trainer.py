@@ -30,9 +30,12 @@ def tree_digest(path: Path) -> dict:
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob('*')) if p.is_file()}
 
 
-def final_weights(run_dir: Path) -> bytes:
+def final_weights(run_dir: Path) -> dict:
+    "Every tensor of the final checkpoint as raw bytes (the file's header orders its metadata differently per process)."
+    from safetensors.torch import load_file
     ck = run_dir/'checkpoints'
-    return (ck/(ck/'final').read_text().strip()/'model.safetensors').read_bytes()
+    w = load_file(str(ck/(ck/'final').read_text().strip()/'model.safetensors'))
+    return {k: (v.dtype, tuple(v.shape), v.contiguous().view(torch.uint8).numpy().tobytes()) for k, v in w.items()}
 
 
 def test_resume_after_kill9_is_bit_identical(tmp_path):
