@@ -143,6 +143,17 @@ def _train(a):
     print(f'run folder: {run.path}')
     print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in out.items() if v is not None))
 
+def _lm_eval(a):
+    "lm-eval's own command line, with the `stackwise` model registered."
+    import stackwise.lm_eval_adapter  # registers the model name 'stackwise' with lm-eval
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
+    saved = sys.argv
+    sys.argv = ['lm-eval', *(a.args[1:] if a.args[:1] == ['--'] else a.args)]  # lm-eval reads sys.argv (and inserts 'run' when no subcommand is given)
+    try:
+        setup_logging(); cli = HarnessCLI(); cli.execute(cli.parse_args())
+    finally: sys.argv = saved
+
 def _evaluate(a):
     from stackwise.evaluate import evaluate
     kw = {k: v for k, v in dict(max_len=a.max_len, stride=a.stride).items() if v is not None}
@@ -227,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--out', help='also write the combined table to this CSV')
     s.set_defaults(func=_evaluate)
 
+    s = sub.add_parser('lm-eval', help='lm-evaluation-harness with stackwise models: --model stackwise --model_args model=PRESET_OR_RUN,tokenizer=... --tasks ...')
+    s.add_argument('args', nargs=argparse.REMAINDER, help="lm-eval's own arguments")
+    s.set_defaults(func=_lm_eval)
+
     s = sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb')
     s.add_argument('--check', action='store_true', help='only check that README.md is in step')
     s.set_defaults(func=_readme)
@@ -235,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/09_cli.ipynb #b006c21e
 def main(argv:list[str]|None=None) -> int:
     "Run the `stackwise` command; returns the exit status."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['lm-eval'] and not set(argv[1:2]) & {'-h', '--help'}:  # lm-eval parses its own options
+        argv = ['lm-eval', '--', *argv[1:]]
     args = build_parser().parse_args(argv)
     try: rc = args.func(args)
     except StackwiseError as e:

@@ -47,3 +47,19 @@ def test_a_trained_run_folder_is_evaluated(tmp_path):
     assert main(['evaluate', '--model', str(run), '--tasks', 'wikitext2', '--data', str(data), '--results', str(res), '--out', str(tmp_path/'t.csv')]) == 0
     t = pd.read_csv(tmp_path/'t.csv')
     assert t.metric.tolist() == ['perplexity', 'bits_per_byte'] and t.score.notna().all()
+
+
+def test_lm_eval_cli_runs_a_stackwise_model_on_a_local_task(tmp_path, capsys):
+    "`stackwise lm-eval --model stackwise ...`: lm-eval's command line, a YAML task on a local JSON file, no hub."
+    (tmp_path/'tiny.jsonl').write_text(''.join(json.dumps(dict(question=q, choices=c, label=l)) + '\n' for q, c, l in
+                                               [('Which is a colour?', ['red', 'seven'], 0), ('Which is a number?', ['blue', 'three'], 1)]))
+    (tmp_path/'tiny_mc.yaml').write_text(f'task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path/"tiny.jsonl"}\n'
+                                         'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "Question: {{question}}\\nAnswer:"\n'
+                                         'doc_to_choice: "{{choices}}"\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n'
+                                         '    aggregation: mean\n    higher_is_better: true\n')
+    out = tmp_path/'out'
+    rc = main(['lm-eval', '--model', 'stackwise', '--model_args', 'model=decoder/gpt2_family/nano,tokenizer=bytes', '--tasks', 'tiny_mc',
+               '--include_path', str(tmp_path), '--device', 'cpu', '--output_path', str(out)])
+    assert rc == 0
+    res = json.loads(next(out.rglob('results_*.json')).read_text())
+    assert res['results']['tiny_mc']['acc,none'] in (0.0, 0.5, 1.0)
