@@ -12,11 +12,11 @@ import pandas as pd
 import torch
 
 from .core import StackwiseError
-from .metrics import accuracy, correlations
-from .scoring import continuation_logprobs, is_causal_lm, lm_logits, max_length, multiple_choice, text_perplexity
+from .metrics import accuracy, bleu, correlations, rouge_l, squad_metric
+from .scoring import continuation_logprobs, greedy_continuation, is_causal_lm, lm_logits, max_length, multiple_choice, text_perplexity
 
 # %% auto #0
-__all__ = ['TASKS', 'Task', 'get_task', 'evaluate_task', 'load_model', 'evaluate']
+__all__ = ['TASKS', 'SCORES', 'Task', 'get_task', 'evaluate_task', 'load_model', 'evaluate']
 
 # %% ../nbs/32_evaluate.ipynb #a819ed8b
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Task:
     chance: dict = field(default_factory=dict)  # metric -> the score of guessing
     prompt: str = ''  # multiple choice from labelled rows: the context, formatted from the row's columns
     verbalizers: tuple = ()  # ... and one continuation per label
+    gen: dict = field(default_factory=dict)  # generation: metric (squad | rouge_l | bleu), max_new_tokens, until, suffix, keep
 
 TASKS = {t.name: t for t in [
     Task('wikitext2', 'wikitext2', 'test', 'perplexity'),
@@ -41,7 +42,17 @@ TASKS = {t.name: t for t in [
     Task('mnli', 'mnli', 'validation_matched', 'multiple_choice', dict(accuracy=1 / 3, accuracy_norm=1 / 3),
          '{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:', (' True', ' Neither', ' False')),
     Task('stsb', 'stsb', 'validation', 'similarity', dict(pearson=0.0, spearman=0.0)),
+    Task('squad', 'squad', 'validation', 'generation', prompt='{context}\n\nQuestion: {question}\nAnswer:',
+         gen=dict(metric='squad', max_new_tokens=24, until=['\n'])),
+    Task('squad_v2', 'squad_v2', 'validation', 'generation', prompt='{context}\n\nQuestion: {question}\nAnswer:',
+         gen=dict(metric='squad', max_new_tokens=24, until=['\n'])),
+    Task('cnn_dailymail', 'cnn_dailymail', 'test', 'generation', prompt='{document}',
+         gen=dict(metric='rouge_l', max_new_tokens=64, until=['\n\n'], suffix='\nTL;DR:', keep='start')),
+    Task('wmt14_en_de', 'wmt14_en_de', 'test', 'generation', prompt='English: {source}\nGerman:',
+         gen=dict(metric='bleu', max_new_tokens=64, until=['\n'])),
 ]}
+
+SCORES = ('perplexity', 'bits_per_byte', 'accuracy', 'accuracy_norm', 'pearson', 'spearman', 'exact_match', 'f1', 'rouge_l', 'bleu')  # the metrics the combined table shows
 
 _NLI = {'entailment': 0, 'neutral': 1, 'contradiction': 2}
 
@@ -108,6 +119,15 @@ def evaluate_task(model, tokenizer, task:str|Task, # a Rack or HF LM and its tok
     elif task.kind == 'similarity':
         a, b = _sentence_embeddings(model, tokenizer, [r['sentence1'] for r in rows]), _sentence_embeddings(model, tokenizer, [r['sentence2'] for r in rows])
         out = correlations((a * b).sum(-1).tolist(), [float(r['label']) for r in rows]) | dict(scoring='embedding cosine')
+    elif task.kind == 'generation':
+        from tqdm.auto import tqdm
+        g = task.gen
+        preds = [greedy_continuation(model, tokenizer, task.prompt.format(**r), g['max_new_tokens'], g.get('until', ()), g.get('keep', 'end'), g.get('suffix', '')).strip()
+                 for r in tqdm(rows, desc=task.name, disable=not progress)]
+        if g['metric'] == 'squad': out = squad_metric(preds, [r['answers']['text'] for r in rows])
+        elif g['metric'] == 'rouge_l': out = dict(rouge_l=rouge_l(preds, [r['summary'] for r in rows]))
+        else: out = dict(bleu=bleu(preds, [r['target'] for r in rows]))
+        out |= dict(scoring='greedy generation', example=preds[0])
     else: raise StackwiseError(f'task {task.name} has an unknown kind {task.kind!r}')
     dt = time.perf_counter() - t0
     return out | dict(n=len(rows), examples_per_s=len(rows) / dt, seconds=dt, chance=dict(task.chance))
@@ -180,6 +200,6 @@ def evaluate(model_spec:str, tasks:list[str], limit:int|None=None, tokenizer=Non
                 for k, v in m.items():
                     if isinstance(v, (int, float)): w.add_scalar(f'{t}/{k}', v, 0)
         for k, v in m.items():
-            if k in ('perplexity', 'bits_per_byte', 'accuracy', 'accuracy_norm', 'pearson', 'spearman'):
+            if k in SCORES:
                 rows.append(dict(task=t, metric=k, score=v, chance=m['chance'].get(k), run=run.run_id, note=f"{m['scoring']}, n={m['n']}"))
     return pd.DataFrame(rows)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .core import StackwiseError
 from .evaluate import load_model
-from .scoring import continuation_logprobs, is_causal_lm, max_length, perplexity
+from .scoring import continuation_logprobs, greedy_continuation, max_length, perplexity
 
 # %% auto #0
 __all__ = ['StackwiseLM']
@@ -50,18 +50,10 @@ class StackwiseLM(LM):
 
     def generate_until(self, requests, disable_tqdm:bool=False) -> list[str]:
         "Greedy continuations, cut at the first stop string."
-        from stackwise.generation import generate
-        if not is_causal_lm(self.model): raise StackwiseError('generate_until needs a causal LM (use diffusion_generate for a masked one)')
-        out, dev = [], next(self.model.parameters()).device
+        out = []
         for r in tqdm(requests, desc='generating', disable=disable_tqdm):
             context, kw = r.args
             until = kw.get('until') or []
-            until = [until] if isinstance(until, str) else list(until)
-            n = int(kw.get('max_gen_toks', self.max_gen_toks))
-            ids = self.tok.encode([context])[0][-(self.max_len - n):]
-            gen = generate(self.model, torch.tensor([ids], device=dev), max_new_tokens=n, temperature=0.0)[0, len(ids):]
-            text = self.tok.decode(gen.tolist())
-            for s in until:
-                if s and s in text: text = text[:text.index(s)]
-            out.append(text)
+            out.append(greedy_continuation(self.model, self.tok, context, int(kw.get('max_gen_toks', self.max_gen_toks)),
+                                           [until] if isinstance(until, str) else list(until)))
         return out

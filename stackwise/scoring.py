@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from .core import StackwiseError
 
 # %% auto #0
-__all__ = ['lm_logits', 'is_causal_lm', 'max_length', 'perplexity', 'text_perplexity', 'continuation_logprobs', 'multiple_choice']
+__all__ = ['lm_logits', 'is_causal_lm', 'max_length', 'perplexity', 'text_perplexity', 'continuation_logprobs', 'multiple_choice',
+           'greedy_continuation']
 
 # %% ../nbs/31_scoring.ipynb #259aec06
 def lm_logits(model, input_ids:torch.Tensor) -> torch.Tensor:
@@ -127,3 +128,27 @@ def multiple_choice(model, tokenizer, context:str, choices:list[str], **kw) -> d
     raw, norm = [x['logprob'] for x in s], [x['logprob'] / max(x['n_bytes'], 1) for x in s]
     return dict(pred=max(range(len(raw)), key=raw.__getitem__), pred_norm=max(range(len(norm)), key=norm.__getitem__),
                 logprobs=raw, scoring=s[0]['scoring'])
+
+# %% ../nbs/31_scoring.ipynb #cd1ae703
+@torch.no_grad()
+def greedy_continuation(model, tokenizer, prompt:str, # a causal LM (Rack or HF) and its tokenizer
+                        max_new_tokens:int=32, until:list[str]=(), # stop strings: the text is cut at the first
+                        keep:str='end', # a prompt too long for the window: keep its 'end' (chat, QA) or its 'start' (articles)
+                        suffix:str='', # text that must follow the (cut) prompt, e.g. "\nTL;DR:"
+                       ) -> str:
+    "The greedy continuation of `prompt` (+ `suffix`), decoded and cut at the first stop string."
+    if not is_causal_lm(model): raise StackwiseError('generation needs a causal LM (a masked LM samples by diffusion: generation.diffusion_generate)')
+    room = max_length(model) - max_new_tokens - (len(tokenizer.encode([suffix])[0]) if suffix else 0)
+    if room < 1: raise StackwiseError(f'{max_new_tokens} new tokens leave no room for a prompt in a {max_length(model)}-token window: ask for fewer')
+    ids = tokenizer.encode([prompt])[0]
+    ids = (ids[-room:] if keep == 'end' else ids[:room]) + (tokenizer.encode([suffix])[0] if suffix else [])
+    x = torch.tensor([ids], device=_device(model))
+    if hasattr(model, 'generate') and hasattr(model, 'config'):  # HF
+        out = model.generate(x, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=getattr(model.config, 'eos_token_id', None) or 0)
+    else:
+        from stackwise.generation import generate
+        out = generate(model, x, max_new_tokens=max_new_tokens, temperature=0.0)
+    text = tokenizer.decode(out[0, len(ids):].tolist())
+    for s in until:
+        if s and s in text: text = text[:text.index(s)]
+    return text

@@ -30,7 +30,7 @@ def test_cli_evaluate_writes_runs_and_table(tmp_path, capsys):
 
 
 def test_cli_evaluate_bad_input(tmp_path, capsys):
-    assert main(['evaluate', '--model', 'decoder/gpt2_family/nano', '--tasks', 'squad']) == 1
+    assert main(['evaluate', '--model', 'decoder/gpt2_family/nano', '--tasks', 'boolq']) == 1
     assert 'unknown task' in capsys.readouterr().err
     assert main(['evaluate', '--model', 'no/such/model', '--tasks', 'piqa']) == 1
     assert 'is not hf:NAME, an existing folder, or a preset' in capsys.readouterr().err
