@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 from .core import StackwiseError
 
 # %% auto #0
-__all__ = ['lm_logits', 'is_causal_lm', 'max_length', 'perplexity', 'text_perplexity', 'continuation_logprobs', 'multiple_choice',
-           'greedy_continuation']
+__all__ = ['lm_logits', 'is_causal_lm', 'max_length', 'token_logprobs', 'perplexity', 'text_perplexity', 'continuation_logprobs',
+           'multiple_choice', 'greedy_continuation']
 
 # %% ../nbs/31_scoring.ipynb #259aec06
 def lm_logits(model, input_ids:torch.Tensor) -> torch.Tensor:
@@ -50,31 +50,43 @@ def _windows(N:int, max_len:int, stride:int) -> list[tuple[int, int, int]]:
     return out
 
 @torch.no_grad()
+def token_logprobs(model, ids, # a causal LM; token ids [N]
+                   max_len:int|None=None, # window length (default: the model's context)
+                   stride:int|None=None, # a window starts every `stride` tokens (default: max_len // 2)
+                   batch_size:int=8, progress:bool=False) -> tuple[torch.Tensor, torch.Tensor]:
+    "log p(x_t | x_<t) [N-1] (float64; NaN where no window scores t) and whether x_t was the argmax, for t = 1..N-1."
+    if not is_causal_lm(model): raise StackwiseError('log-likelihood by the chain rule needs a causal LM: switch a Rack with rack.causal = True, or use pseudo-log-likelihood for a masked LM')
+    ids = torch.as_tensor(ids).flatten()
+    max_len = max_len or max_length(model)
+    stride = stride or max(1, max_len // 2)
+    if len(ids) < 2: raise StackwiseError('scoring needs at least 2 tokens')
+    if not 0 < stride <= max_len: raise StackwiseError(f'stride {stride} must be in 1..max_len ({max_len})')
+    model.eval()
+    logp, greedy = torch.full((len(ids) - 1,), math.nan, dtype=torch.float64), torch.zeros(len(ids) - 1, dtype=torch.bool)
+    wins, dev, groups = _windows(len(ids), max_len, stride), _device(model), {}
+    for w in wins: groups.setdefault(w[1] - w[0], []).append(w)  # windows of equal length go through together
+    bar = tqdm(total=len(wins), desc='scoring', disable=not progress)
+    for L, ws in groups.items():
+        for i in range(0, len(ws), batch_size):
+            chunk = ws[i:i + batch_size]
+            x = torch.stack([ids[b:e] for b, e, _ in chunk]).to(dev)
+            lp = lm_logits(model, x)[:, :-1].log_softmax(-1)  # position j predicts x[j + 1]
+            tgt = lp.gather(-1, x[:, 1:, None])[..., 0].double().cpu()
+            top = (lp.argmax(-1) == x[:, 1:]).cpu()
+            for row, hit, (b, e, s) in zip(tgt, top, chunk):
+                logp[s - 1:e - 1], greedy[s - 1:e - 1] = row[s - b - 1:], hit[s - b - 1:]
+            bar.update(len(chunk))
+    bar.close()
+    return logp, greedy
+
 def perplexity(model, ids, # a causal LM (Rack or HF); token ids of one text [N]
                max_len:int|None=None, # window length (default: the model's context)
                stride:int|None=None, # a window starts every `stride` tokens (default: max_len // 2)
                batch_size:int=8, progress:bool=False) -> dict:
     "Sliding-window negative log-likelihood: sum (nats), tokens scored, mean, perplexity and bits per token."
-    if not is_causal_lm(model): raise StackwiseError('perplexity needs a causal LM: switch a Rack with rack.causal = True, or use pseudo_log_likelihood for a masked LM')
-    ids = torch.as_tensor(ids).flatten()
-    max_len = max_len or max_length(model)
-    stride = stride or max(1, max_len // 2)
-    if len(ids) < 2: raise StackwiseError('perplexity needs at least 2 tokens')
-    if not 0 < stride <= max_len: raise StackwiseError(f'stride {stride} must be in 1..max_len ({max_len})')
-    model.eval()
-    wins, dev, nll, n = _windows(len(ids), max_len, stride), _device(model), 0.0, 0
-    groups = {}  # windows of equal length go through together
-    for w in wins: groups.setdefault(w[1] - w[0], []).append(w)
-    bar = tqdm(total=len(wins), desc='perplexity', disable=not progress)
-    for L, ws in groups.items():
-        for i in range(0, len(ws), batch_size):
-            chunk = ws[i:i + batch_size]
-            x = torch.stack([ids[b:e] for b, e, _ in chunk]).to(dev)
-            logp = lm_logits(model, x)[:, :-1].log_softmax(-1).gather(-1, x[:, 1:, None])[..., 0].double()  # log p(x_t | x_<t), t >= 1
-            for row, (b, e, s) in zip(logp, chunk):
-                nll -= row[s - b - 1:].sum().item(); n += e - s
-            bar.update(len(chunk))
-    bar.close()
+    logp = token_logprobs(model, ids, max_len, stride, batch_size, progress)[0]
+    scored = logp[~logp.isnan()]
+    nll, n = -scored.sum().item(), len(scored)
     return dict(nll_sum=nll, n_tokens=n, nll=nll / n, perplexity=math.exp(nll / n), bits_per_token=nll / n / math.log(2), scoring='log-likelihood')
 
 def text_perplexity(model, tokenizer, text:str, **kw) -> dict:
@@ -94,7 +106,7 @@ def _pll_rows(ids:torch.Tensor, positions:list[int], mask_id:int) -> torch.Tenso
 def continuation_logprobs(model, tokenizer, pairs:list[tuple[str, str]], # (context, continuation)
                           mask_token_id:int|None=None, # masked LMs: the mask token (default: the tokenizer's)
                           max_len:int|None=None, batch_size:int=32, progress:bool=False) -> list[dict]:
-    "Log-probability of each continuation given its context: `logprob`, `greedy` (every token the argmax), `n_tokens`, `n_bytes`, `scoring`."
+    "Log-probability of each continuation given its context: `logprob`, `greedy` (every token the argmax), `n_tokens`, `n_bytes`, `scoring`.\n\n    A masked LM scores at most the last `max_len` tokens of a continuation (a window's worth)."
     causal, dev, out = is_causal_lm(model), _device(model), []
     max_len = max_len or max_length(model)
     if not causal:
@@ -104,11 +116,16 @@ def continuation_logprobs(model, tokenizer, pairs:list[tuple[str, str]], # (cont
     for ctx, cont in tqdm(pairs, desc='scoring', disable=not progress):
         c, t = tokenizer.encode([ctx])[0], tokenizer.encode([cont])[0]
         if not t: raise StackwiseError(f'continuation {cont!r} encodes to no tokens')
-        if len(t) > max_len - 1: raise StackwiseError(f'continuation of {len(t)} tokens does not fit a {max_len}-token window with context')
-        ids = torch.tensor((c + t)[-max_len:], device=dev)
-        pos = list(range(len(ids) - len(t), len(ids)))  # the continuation's positions
+        if causal and not c: raise StackwiseError('a causal LM needs at least one context token before the continuation')
+        if causal and len(t) > max_len - 1:  # longer than a window: sliding windows, each token with half a window of context or more
+            ctx = c[-(max_len // 2):]
+            logp, top = token_logprobs(model, ctx + t, max_len)
+            lp, greedy = logp[len(ctx) - 1:].sum().item(), bool(top[len(ctx) - 1:].all())
+            out.append(dict(logprob=lp, greedy=greedy, n_tokens=len(t), n_bytes=len(cont.encode('utf-8')), scoring='log-likelihood'))
+            continue
+        ids = torch.tensor((c + t)[-max_len:] if len(t) < max_len else t[-max_len:], device=dev)  # a masked LM sees the end of a long continuation
+        pos = list(range(len(ids) - min(len(t), max_len), len(ids)))  # the continuation's positions
         if causal:
-            if pos[0] == 0: raise StackwiseError('a causal LM needs at least one context token before the continuation')
             logp = lm_logits(model, ids[None])[0, [p - 1 for p in pos]].log_softmax(-1)  # the predictions of the continuation
             lp, greedy = logp[range(len(pos)), ids[pos]].double().sum().item(), bool((logp.argmax(-1) == ids[pos]).all())
         else:
