@@ -55,7 +55,7 @@ def token_logprobs(model, ids, # a causal LM; token ids [N]
                    stride:int|None=None, # a window starts every `stride` tokens (default: max_len // 2)
                    batch_size:int=8, progress:bool=False) -> tuple[torch.Tensor, torch.Tensor]:
     "log p(x_t | x_<t) [N-1] (float64; NaN where no window scores t) and whether x_t was the argmax, for t = 1..N-1."
-    if not is_causal_lm(model): raise StackwiseError('log-likelihood by the chain rule needs a causal LM: switch a Rack with rack.causal = True, or use pseudo-log-likelihood for a masked LM')
+    if not is_causal_lm(model): raise StackwiseError('log-likelihood by the chain rule needs a causal LM: switch a Rack with rack.causal = True, or score a masked LM by pseudo-log-likelihood with continuation_logprobs')
     ids = torch.as_tensor(ids).flatten()
     max_len = max_len or max_length(model)
     stride = stride or max(1, max_len // 2)
@@ -84,6 +84,7 @@ def perplexity(model, ids, # a causal LM (Rack or HF); token ids of one text [N]
                stride:int|None=None, # a window starts every `stride` tokens (default: max_len // 2)
                batch_size:int=8, progress:bool=False) -> dict:
     "Sliding-window negative log-likelihood: sum (nats), tokens scored, mean, perplexity and bits per token."
+    if not is_causal_lm(model): raise StackwiseError('perplexity needs a causal LM: switch a Rack with rack.causal = True, or score a masked LM by pseudo-log-likelihood with continuation_logprobs')
     logp = token_logprobs(model, ids, max_len, stride, batch_size, progress)[0]
     scored = logp[~logp.isnan()]
     nll, n = -scored.sum().item(), len(scored)
