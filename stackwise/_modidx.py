@@ -347,6 +347,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'stackwise.rack.Rack.forward': ('rack.html#rack.forward', 'stackwise/rack.py'),
                                 'stackwise.rack.Rack.hidden': ('rack.html#rack.hidden', 'stackwise/rack.py'),
                                 'stackwise.rack.Rack.init_kwargs': ('rack.html#rack.init_kwargs', 'stackwise/rack.py'),
+                                'stackwise.rack.Rack.rope_tables': ('rack.html#rack.rope_tables', 'stackwise/rack.py'),
                                 'stackwise.rack.Stack': ('rack.html#stack', 'stackwise/rack.py'),
                                 'stackwise.rack.Stack.__init__': ('rack.html#stack.__init__', 'stackwise/rack.py'),
                                 'stackwise.rack.Stack.forward': ('rack.html#stack.forward', 'stackwise/rack.py'),
