@@ -75,6 +75,16 @@ def test_clm_and_mlm_objectives_learn(data, objective):
     assert out['val_ce'] < t.history[0]['val_ce'] - 1.0
 
 
+@pytest.mark.parametrize('dtype', ['amp_bf16', 'bf16_pure', 'amp_fp16', 'amp_bf16_8bit'])
+def test_dtype_policies(data, dtype):
+    "The classical trainer's dtype policies (autocast, pure bf16, GradScaler, 8-bit AdamW) drive the stages too."
+    train, val = loaders(data)
+    t = DepthTrainer(nano(n_layers=2, tie_embeddings='false'), train, DepthConfig(mask_token_id=MASK, steps_per_stage=12, cache_dtype='bf16'),
+                     train_cfg(dtype=dtype), val)
+    out = t.fit()
+    assert out['val_loss'] < t.history[0]['val_loss'] - 1.0
+
+
 def test_cache_and_recompute_give_the_same_model(data):
     """Left2right reads its stage's input from the cache (CPU memory or a disk memmap, all or half of the batches) or
     recomputes it through the frozen units: the same batches, bit for bit, so the same model."""
