@@ -389,7 +389,7 @@ def evaluate(self:DepthTrainer, objective:str|None=None) -> dict|None:
 
 DepthTrainer.evaluate = evaluate
 
-# %% ../nbs/27_depth.ipynb #3f6d5028
+# %% ../nbs/27_depth.ipynb #cd9de54c
 def _run_stage(self:DepthTrainer, st:Stage, steps:int):
     "Train one stage for `steps` optimizer steps."
     c, d, rack = self.cfg, self.depth, self.rack
@@ -409,10 +409,11 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
     scaler = grad_scaler(self.policy, self.device)
     rack.causal = objective == 'clm'
     rope = rack.rope_tables(torch.arange(self.T, device=self.device))
+    self.model.route, self.model.trained = st.route, self.model.trained | set(st.train)  # evaluations include the units in training
     with ExitStack() as frozen_right:
         right = {j: frozen_right.enter_context(self.model.unit(j)) for j in st.right}
         if st.cacheable and d.cache != 'none': self._prepare_cache(st, objective, rope)
-        setup_s = time.perf_counter() - t0
+        setup_s, eval_s = time.perf_counter() - t0, 0.0
         rack.train()
         for s in range(steps):
             slots = [(s * c.grad_accum + a) % self.n_slots for a in range(c.grad_accum)]
@@ -422,13 +423,12 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
                        loss=m['loss'], ce=m['ce'], lr=m['lr'], grad_norm=m['grad_norm'], tokens=self.tokens,
                        tokens_per_s=m['n_tokens'] / m['step_s'], step_s=m['step_s'], flops=sum(self.flops.values()),
                        mem_mb=m['mem_mb'], peak_mem_mb=_peak_mem_mb(self.device))
-            if c.eval_every and self.step % c.eval_every == 0 and s < steps - 1: row.update(self.evaluate(objective) or {})
+            if c.eval_every and self.step % c.eval_every == 0 and s < steps - 1:
+                te = time.perf_counter(); row.update(self.evaluate(objective) or {}); eval_s += time.perf_counter() - te
             self._log(row)
-        train_s = time.perf_counter() - t0
+        train_s = time.perf_counter() - t0 - setup_s - eval_s  # the steps alone
     del opt, sched, right
     release_host_memory()
-    self.model.route = st.route
-    self.model.trained |= set(st.train)
     ev = self.evaluate(objective)
     if ev: self._log(dict(step=self.step, stage=st.index, phase=st.phase, objective=objective, **ev))
     if self.run is not None:
@@ -444,7 +444,7 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
                    trainable_params=sum(p.numel() for p in params),
                    frozen_resident_bytes=self.frozen.resident_bytes(), frozen_offloaded_bytes=self.frozen.offloaded_bytes(),
                    stage_mem_mb=torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == 'cuda' else max(mem),
-                   setup_s=setup_s, train_s=train_s, **(ev or {}))
+                   setup_s=setup_s, train_s=train_s, eval_s=eval_s, **(ev or {}))
     self.summaries.append(summary)
     self._checkpoint(st)
     if self.on_stage: self.on_stage(self, st)
@@ -507,7 +507,7 @@ def _resume(self:DepthTrainer) -> int:
 
 DepthTrainer._checkpoint, DepthTrainer._resume = _checkpoint, _resume
 
-# %% ../nbs/27_depth.ipynb #cb8ee03e
+# %% ../nbs/27_depth.ipynb #e0981f24
 def fit(self:DepthTrainer, resume:bool=False, # continue this run folder after its last finished stage
        ) -> dict:
     "Run every stage (after the last finished one, when resuming); returns the final figures."
@@ -536,7 +536,7 @@ def fit(self:DepthTrainer, resume:bool=False, # continue this run folder after i
 def _finish(self:DepthTrainer, seconds:float) -> dict:
     "Final figures; with a run folder, the chart, `stages.json` and `metrics.json`."
     s = self.summaries
-    train_s = sum(x['setup_s'] + x['train_s'] for x in s)
+    train_s = sum(x['setup_s'] + x['train_s'] for x in s)  # training's own time: setup and cache filling, then the steps (no evaluation)
     last = next((r for r in reversed(self.history) if 'val_loss' in r and r['val_loss'] is not None), {})
     out = dict(mode=self.depth.mode, curriculum=self.depth.curriculum, objective=self.depth.objective, stages=len(s), steps=self.step,
                tokens=self.tokens, flops=sum(self.flops.values()), **{f'{k}_flops': v for k, v in self.flops.items()},
@@ -637,7 +637,7 @@ def run_fresh(spec:dict, timeout:int|None=None, env:dict|None=None) -> dict:
     if r.returncode != 0: raise StackwiseError(f'the run failed in its process (exit {r.returncode}):\n{r.stderr[-3000:]}')
     return json.loads(r.stdout.strip().splitlines()[-1])
 
-# %% ../nbs/27_depth.ipynb #1204aff4
+# %% ../nbs/27_depth.ipynb #d1a6aec7
 def plot_memory(mem, # rows: layers, mode, peak_rss_mb, net_mb
                 title:str=''):
     "Peak memory by depth, e2e against layerwise: with the process's base (solid) and above it (dashed)."
@@ -665,11 +665,12 @@ def plot_val_vs_flops(curves, # rows: plan, flops, val_loss
     fig.tight_layout()
     return fig
 
-def plot_comparison(table, # rows: plan, val_loss, tokens_per_s, net_mb, wall_s
+def plot_comparison(table, # rows: plan, val_loss, tokens_per_s, net_mb, train_s
                     title:str=''):
-    "Validation loss, tokens/s, peak memory above the process base and wall time, one bar per plan (e2e red)."
+    "Validation loss, tokens/s, peak memory above the process base and training wall time, one bar per plan (e2e red)."
     import matplotlib.pyplot as plt
-    cols = [('val_loss', 'validation loss'), ('tokens_per_s', 'tokens/s'), ('net_mb', 'peak memory above base (MiB)'), ('wall_s', 'wall time (s)')]
+    cols = [('val_loss', 'validation loss'), ('tokens_per_s', 'tokens/s'), ('net_mb', 'peak memory above base (MiB)'),
+            ('train_s', 'training wall time (s)')]
     fig, axes = plt.subplots(1, 4, figsize=(13, 0.35 * len(table) + 1.5), sharey=True)
     for ax, (c, label) in zip(axes, cols):
         ax.barh(table.plan, table[c], color=['tab:red' if p.startswith('e2e') else 'tab:blue' for p in table.plan])
