@@ -175,7 +175,7 @@ class DepthModel(nn.Module):
                 else: x = x.clone(); x[sel] = run_blocks(blocks, x[sel], rope)
         return head_logits(self.rack, x)
 
-# %% ../nbs/27_depth.ipynb #43f09f78
+# %% ../nbs/27_depth.ipynb #e20b2712
 def release_host_memory():
     "Give the C heap's free pages back to the OS (glibc `malloc_trim`), so that what one stage freed is not counted in the next one's resident set."
     try: ctypes.CDLL('libc.so.6').malloc_trim(0)
@@ -202,13 +202,13 @@ class DepthTrainer:
     "Depth-as-time training of a Rack: stages of units per mode and curriculum, cached activations, frozen units stored small and away."
     def __init__(self, rack:Rack, # a Rack, or `lazy_rack(cfg)` to build each block when its stage comes
                  train_data, # a BlockLoader of [B, T+1] token blocks
-                 depth:DepthConfig|None=None,
+                 depth:DepthConfig|None=None, # default: layerwise left2right on next-token prediction
                  cfg:TrainConfig|None=None, # optimizer, schedule, precision, evaluation, logging (its max_steps: steps per stage)
                  val_data=None, # a loader of validation blocks (its first `cfg.eval_batches` batches)
                  run:Run|None=None, # run folder: metrics, chart, checkpoints, the units' fp32 weights (units/)
                  device=None, # 'auto' (CUDA when available), 'cpu', 'cuda:1', ...
                  on_stage=None): # called as on_stage(trainer, stage) after each stage (tests use it to crash)
-        self.depth, self.cfg = depth or DepthConfig(mask_token_id=getattr(rack.cfg, 'vocab_size', 1) - 1), cfg or TrainConfig()
+        self.depth, self.cfg = depth or DepthConfig(objective='clm'), cfg or TrainConfig()
         d, c = self.depth, self.cfg
         if c.objective != 'clm' or c.mask_token_id is not None:
             raise StackwiseError('the depth-as-time trainer takes its objective and mask token from DepthConfig (objective=..., mask_token_id=...): '
