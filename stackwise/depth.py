@@ -31,11 +31,14 @@ from .trainer import (_UNHASHED, TrainConfig, _first_batches, _param_groups, _pe
                                plot_training, rng_state, save_checkpoint, set_pointer, set_rng_state)
 
 # %% auto #0
-__all__ = ['DepthConfig', 'lazy_rack', 'block_builder', 'head_logits', 'run_blocks', 'DepthModel', 'release_host_memory',
-           'check_depth', 'DepthTrainer', 'evaluate', 'fit', 'plot_depth', 'causal_fusion', 'assemble', 'sample',
-           'generate_causal', 'run_spec', 'run_fresh', 'plot_memory', 'plot_val_vs_flops', 'plot_comparison']
+__all__ = ['GROW_INITS', 'DepthConfig', 'lazy_rack', 'block_builder', 'zero_residual_outputs', 'head_logits', 'run_blocks',
+           'DepthModel', 'release_host_memory', 'check_depth', 'DepthTrainer', 'evaluate', 'fit', 'plot_depth',
+           'causal_fusion', 'assemble', 'sample', 'generate_causal', 'run_spec', 'run_fresh', 'plot_memory',
+           'plot_val_vs_flops', 'plot_comparison']
 
-# %% ../nbs/27_depth.ipynb #d9c3589e
+# %% ../nbs/27_depth.ipynb #da395b54
+GROW_INITS = ('zero', 'random')
+
 @dataclass
 class DepthConfig:
     "What depth-as-time training adds to the classical recipe (`TrainConfig`): the units and their order, the noise, what is cached and how frozen units are kept."
@@ -56,6 +59,7 @@ class DepthConfig:
     frozen_dtype: str = 'fp32'  # fp32 | bf16 | int8 | nf4 (bitsandbytes)
     offload: str = 'none'  # where frozen units wait while a stage does not need them: none (the device) | cpu | disk
     checkpoint_frozen: bool = False  # recompute the frozen right side's activations in the backward pass instead of keeping them
+    grow_init: str = 'zero'  # a unit joining a trained model starts with its residual outputs at zero (the model unchanged) or 'random' (as Rack inits it)
 
     def __post_init__(self):
         check_plan(self.mode, self.curriculum, self.objective)
@@ -70,6 +74,7 @@ class DepthConfig:
         if not 0 < self.fusion_share < 1: raise StackwiseError(f'fusion_share must be in (0, 1), got {self.fusion_share}')
         check_choice(self.cache, CACHE_PLACES, 'cache'); check_choice(self.cache_dtype, CACHE_DTYPES, 'cache dtype')
         check_choice(self.frozen_dtype, FROZEN_DTYPES, 'frozen dtype'); check_choice(self.offload, OFFLOADS, 'offload')
+        check_choice(self.grow_init, GROW_INITS, 'grow_init')
         try:  # from YAML or the command line, 1e8 is a string
             if self.cache_budget is not None: self.cache_budget = int(float(self.cache_budget))
             if self.flops_budget is not None: self.flops_budget = float(self.flops_budget)
@@ -77,7 +82,7 @@ class DepthConfig:
         if self.cache_budget is not None and self.cache_budget < 0: raise StackwiseError(f'cache_budget must be >= 0 bytes, got {self.cache_budget}')
         if self.flops_budget is not None and not self.flops_budget > 0: raise StackwiseError(f'flops_budget must be positive, got {self.flops_budget}')
 
-# %% ../nbs/27_depth.ipynb #550f092a
+# %% ../nbs/27_depth.ipynb #2d0eaa83
 def lazy_rack(cfg:ModelConfig, cls=Rack, **kw) -> Rack:
     "A Rack on the meta device: the depth trainer builds each part on the training device when it is needed."
     with torch.device('meta'): return cls(cfg, **kw)
@@ -94,6 +99,12 @@ def block_builder(cfg:ModelConfig, seed:int=0):
                 if n.endswith(('attn.out.weight', 'mlp.down.weight')): nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layers))
         return b
     return build
+
+def zero_residual_outputs(block:nn.Module) -> nn.Module:
+    "Zero the projections that write a Block's attention and MLP into the residual stream: a pre-norm Block is then the identity."
+    for n, p in block.named_parameters():
+        if n.endswith(('attn.out.weight', 'attn.out.bias', 'mlp.down.weight', 'mlp.down.bias')): nn.init.zeros_(p)
+    return block
 
 def _materialize_shell(rack:Rack, seed:int=0):
     "Give a meta Rack real embeddings and head: those of a one-block Rack of the same config (and class)."
@@ -281,7 +292,7 @@ def _plan_steps(self:DepthTrainer) -> list[int]:
 
 DepthTrainer._step_flops, DepthTrainer._plan_steps = _step_flops, _plan_steps
 
-# %% ../nbs/27_depth.ipynb #14f581bf
+# %% ../nbs/27_depth.ipynb #94c43ed4
 def _blocks_of(self:DepthTrainer, j:int) -> list: return [self.rack.blocks[l] for l in self.units[j]]
 
 def _set_blocks(self:DepthTrainer, j:int, blocks:list):
@@ -291,11 +302,13 @@ def _set_blocks(self:DepthTrainer, j:int, blocks:list):
         s = max(i for i, st in enumerate(starts) if st <= l)
         self.rack.stacks[s].blocks[l - starts[s]] = b
 
-def _trainable_unit(self:DepthTrainer, j:int):
+def _trainable_unit(self:DepthTrainer, j:int, st:Stage):
     "Make unit `j` live, fp32 (the policy's storage dtype) and trainable: thawed if it was frozen, built if it does not exist yet."
     if j in self.frozen: blocks = self.frozen.thaw(j)
     elif any(_is_meta(b) for b in self._blocks_of(j)): blocks = [self.build(l) for l in self.units[j]]
     else: blocks = self._blocks_of(j)
+    if self.depth.grow_init == 'zero' and self.model.trained and j not in self.model.trained and st.route != 'alone':
+        blocks = [zero_residual_outputs(b) for b in blocks]  # joining a trained model: start as the identity, so that the model is unchanged
     blocks = [cast_model(b, self.policy).to(self.device).requires_grad_(True).train() for b in blocks]
     self._set_blocks(j, blocks)
 
@@ -389,7 +402,7 @@ def evaluate(self:DepthTrainer, objective:str|None=None) -> dict|None:
 
 DepthTrainer.evaluate = evaluate
 
-# %% ../nbs/27_depth.ipynb #cd9de54c
+# %% ../nbs/27_depth.ipynb #9c0f1413
 def _run_stage(self:DepthTrainer, st:Stage, steps:int):
     "Train one stage for `steps` optimizer steps."
     c, d, rack = self.cfg, self.depth, self.rack
@@ -397,7 +410,7 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
     t0, flops0, tokens0, mem = time.perf_counter(), dict(self.flops), self.tokens, []
     if self.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(self.device)
     rack.requires_grad_(False)
-    for j in st.train: self._trainable_unit(j)
+    for j in st.train: self._trainable_unit(j, st)
     head = [m for m in (rack.final_norm, rack.lm_head) if m is not None]
     for name, m in rack.named_children():
         if name not in ('stacks', 'final_norm', 'lm_head'): m.requires_grad_(st.embed)

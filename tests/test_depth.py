@@ -66,6 +66,18 @@ def test_every_mode_and_curriculum_learns(data, mode, curriculum):
     assert out['stages'] == len(t.stages) and out['steps'] == 15 * len(t.stages)
 
 
+def test_e2e_next_token_is_the_classical_trainer(data):
+    "Mode e2e on next-token prediction is the classical Trainer, step for step: same recipe pieces, same batches (within one epoch)."
+    from stackwise.trainer import Trainer
+    cfg = train_cfg(max_steps=20, eval_every=10)
+    a = Trainer(nano(n_layers=2), loaders(data)[0], cfg, loaders(data)[1])
+    a.fit()
+    b = DepthTrainer(nano(n_layers=2), loaders(data)[0], DepthConfig(mode='e2e', objective='clm'), cfg, loaders(data)[1])
+    b.fit()
+    assert [h['loss'] for h in a.history] == [h['loss'] for h in b.history if 'loss' in h]
+    assert [h['val_loss'] for h in a.history if h.get('val_loss')] == [h['val_loss'] for h in b.history if h.get('val_loss') and h['step'] > 0]
+
+
 @pytest.mark.parametrize('objective', ['clm', 'mlm'])
 def test_clm_and_mlm_objectives_learn(data, objective):
     train, val = loaders(data)
