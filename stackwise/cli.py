@@ -100,18 +100,22 @@ def _preset(family:str, name:str) -> str:
         raise StackwiseError(f'no preset {name!r} for family {family!r}: ' + (f'{family} has {", ".join(mine)}' if mine else f'families: {", ".join(known)}'))
     return found[0]
 
-def _split_overrides(pairs:list[str]) -> tuple[dict, list[str]]:
-    "`key=value` pairs: TrainConfig fields as a dict (values read as YAML), `model.field=value` as model overrides."
+def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
+    "`key=value` pairs: TrainConfig fields (values read as YAML), `model.field=value` model overrides, `depth.field=value` DepthConfig fields."
     import dataclasses, yaml
+    from stackwise.depth import DepthConfig
     from stackwise.trainer import TrainConfig
-    fields, train, model = {f.name for f in dataclasses.fields(TrainConfig)}, {}, []
+    fields, train, model, depth = {f.name for f in dataclasses.fields(TrainConfig)}, {}, [], {}
+    depth_fields = {f.name for f in dataclasses.fields(DepthConfig)}
     for kv in pairs:
         k, sep, v = kv.partition('=')
         if not sep: raise StackwiseError(f'override {kv!r} is not key=value (e.g. lr=1e-3 or model.dropout=0.1)')
         if k.startswith('model.'): model.append(f'{k[6:]}={v}')
+        elif k.startswith('depth.') and k[6:] in depth_fields: depth[k[6:]] = yaml.safe_load(v)
         elif k in fields: train[k] = yaml.safe_load(v)
-        else: raise StackwiseError(f'unknown override {k!r}: use a TrainConfig field ({", ".join(sorted(fields))}) or model.<field>')
-    return train, model
+        else: raise StackwiseError(f'unknown override {k!r}: use a TrainConfig field ({", ".join(sorted(fields))}), model.<field> '
+                                   f'or depth.<field> ({", ".join(sorted(depth_fields))})')
+    return train, model, depth
 
 def _lm_blocks(data:str, tok, block_size:int, split:str, seed:int):
     "Token blocks of a registry LM dataset, or of the synthetic known-entropy language (`synthetic`)."
@@ -123,23 +127,33 @@ def _lm_blocks(data:str, tok, block_size:int, split:str, seed:int):
 def _train(a):
     import dataclasses, torch
     from stackwise.config import load_config
+    from stackwise.depth import DepthConfig, DepthTrainer, check_depth, lazy_rack
     from stackwise.packing import BlockLoader
     from stackwise.rack import Rack
     from stackwise.runs import start_run
     from stackwise.tokenization import get_tokenizer
     from stackwise.trainer import TrainConfig, Trainer
-    train_over, model_over = _split_overrides(a.overrides)
+    train_over, model_over, depth_over = _split_overrides(a.overrides)
+    depth = bool(a.mode or a.curriculum or a.noise_schedule or depth_over)  # any depth-as-time flag: the depth-as-time trainer
+    objective = a.objective or ('diffusion' if depth else 'clm')
     preset = _preset(a.family, a.config)
     tok = get_tokenizer('bytes' if a.data == 'synthetic' else load_config(preset).family)
-    cfg = TrainConfig(**{**train_over, 'dtype': a.dtype, 'objective': a.objective,
-                         'mask_token_id': tok.mask_token_id if a.objective == 'mlm' else None})
-    mcfg = load_config(preset, [f'vocab_size={tok.vocab_size}', f'max_seq_len={a.block_size}', f'causal={a.objective == "clm"}', *model_over])
+    mask = tok.mask_token_id if objective != 'clm' else None
+    if depth:
+        dcfg = DepthConfig(**{'mode': a.mode or 'layerwise', 'curriculum': a.curriculum or 'left2right', 'noise_schedule': a.noise_schedule or 'cosine',
+                              **depth_over, 'objective': objective, 'mask_token_id': mask})
+        cfg = TrainConfig(**{**train_over, 'dtype': a.dtype})
+    else: cfg = TrainConfig(**{**train_over, 'dtype': a.dtype, 'objective': objective, 'mask_token_id': mask})
+    mcfg = load_config(preset, [f'vocab_size={tok.vocab_size}', f'max_seq_len={a.block_size}', f'causal={objective == "clm"}', *model_over])
+    if depth: check_depth(dcfg, mcfg, a.batch_size, a.block_size)  # refused before any data is read or folder made
     train = BlockLoader(_lm_blocks(a.data, tok, a.block_size, 'train', cfg.seed), a.batch_size, seed=cfg.seed)
     val = BlockLoader(_lm_blocks(a.data, tok, a.block_size, 'validation', cfg.seed), a.batch_size, shuffle=False) if cfg.eval_every else None
     run = start_run(a.experiment, dict(preset=preset, data=a.data, block_size=a.block_size, batch_size=a.batch_size,
-                                       train=dataclasses.asdict(cfg)), root=a.results, path=a.resume)
+                                       train=dataclasses.asdict(cfg), **({'depth': dataclasses.asdict(dcfg)} if depth else {})),
+                    root=a.results, path=a.resume)
     torch.manual_seed(cfg.seed)  # the initial weights
-    out = Trainer(Rack(mcfg), train, cfg, val, run).fit(resume=bool(a.resume))
+    if depth: out = DepthTrainer(lazy_rack(mcfg), train, dcfg, cfg, val, run).fit(resume=bool(a.resume))
+    else: out = Trainer(Rack(mcfg), train, cfg, val, run).fit(resume=bool(a.resume))
     print(f'run folder: {run.path}')
     print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in out.items() if v is not None))
 
@@ -211,18 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--data', help='local copies folder (default: $STACKWISE_DATA)')
     s.set_defaults(func=_data)
 
-    s = sub.add_parser('train', help='train a model preset end to end (classical trainer) into a run folder')
+    s = sub.add_parser('train', help='train a model preset into a run folder: end to end (classical trainer), or depth-as-time (--mode, --curriculum)')
     s.add_argument('--family', default='gpt2', help='model family: gpt2, llama, bert, ...')
     s.add_argument('--config', default='nano', help="the family's preset: nano, small, ... (see `stackwise model --list`)")
     s.add_argument('--dtype', default='fp32', help='dtype policy: fp32, amp_fp16, amp_bf16, bf16_pure, fp16_pure, amp_bf16_8bit')
-    s.add_argument('--objective', default='clm', help='clm (next token) or mlm (masked tokens)')
+    s.add_argument('--objective', help='clm (next token), mlm (masked tokens) or diffusion (mask diffusion; depth-as-time only); '
+                                       'default: clm, or diffusion for depth-as-time')
+    s.add_argument('--mode', help='depth-as-time mode: e2e, layerwise, blockwise, stackwise, progressive or fusion (default layerwise); '
+                                  'any of --mode, --curriculum, --noise-schedule or a depth.<field> override trains depth-as-time')
+    s.add_argument('--curriculum', help='depth-as-time curriculum: left2right, right2left or independent (default left2right)')
+    s.add_argument('--noise-schedule', help='depth-as-time noise schedule, diffusion time to masking ratio: linear, cosine or log-linear (default cosine)')
     s.add_argument('--data', default='synthetic', help='a registry LM dataset (stackwise data list) or synthetic (the known-entropy language)')
     s.add_argument('--block-size', type=int, default=128, help='tokens per sequence')
     s.add_argument('--batch-size', type=int, default=16, help='sequences per micro-batch')
     s.add_argument('--experiment', default='train', help='run folders go to results/<experiment>/')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
     s.add_argument('--resume', metavar='RUN_DIR', help='continue this run folder from its latest checkpoint')
-    s.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='TrainConfig fields (max_steps=200 lr=1e-3 grad_accum=4) or model.<field>=value')
+    s.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='TrainConfig fields (max_steps=200 lr=1e-3 grad_accum=4; with depth-as-time, '
+                                                                     'max_steps is per stage), model.<field>=value or depth.<field>=value (depth.k=2 '
+                                                                     'depth.frozen_dtype=nf4 depth.cache_budget=1e8)')
     s.set_defaults(func=_train)
 
     s = sub.add_parser('evaluate', help='zero-shot scores of a model on evaluation tasks, one run folder per task')

@@ -81,6 +81,12 @@ class Rack(nn.Module):
         if self.emb_norm is not None: x = self.emb_norm(x)
         return self.drop(x), position_ids
 
+    def rope_tables(self, position_ids):
+        "What every Block takes as `rope` at these positions: None (no RoPE), (cos, sin), or both tables when local layers have their own base."
+        if self.rope is None: return None
+        rope = self.rope(position_ids)
+        return {'global': rope, 'local': self.local_rope(position_ids)} if self.local_rope is not None else rope
+
     def hidden(self, input_ids, # [B, T] token ids
                attention_mask=None, # [B, T_total] 1 for tokens, 0 for padding
                token_type_ids=None, position_ids=None,
@@ -89,8 +95,7 @@ class Rack(nn.Module):
         "Final hidden states [B, T, d_model]."
         start = len(cache) if cache is not None else 0
         x, pos = self.embed(input_ids, token_type_ids, position_ids, start)
-        rope = self.rope(pos) if self.rope is not None else None
-        if self.local_rope is not None: rope = {'global': rope, 'local': self.local_rope(pos)}  # each Block takes its own
+        rope = self.rope_tables(pos)
         key_mask = attention_mask.bool() if attention_mask is not None else None
         for s in self.stacks: x = s(x, rope, key_mask, cache)
         return self.final_norm(x) if self.final_norm is not None else x
