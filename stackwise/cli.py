@@ -161,6 +161,26 @@ def _bench(a):
     print('  '.join(f'{k}={row[k]:.4g}' if isinstance(row[k], float) else f'{k}={row[k]}' for k in keys if row.get(k) is not None))
     if row['status'] == 'error': raise StackwiseError(f'the cell failed: {row["error"]} (traceback: {folder/"error.txt"})')
 
+def _lm_eval(a):
+    "lm-eval's own command line, with the `stackwise` model registered."
+    import stackwise.lm_eval_adapter  # registers the model name 'stackwise' with lm-eval
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
+    saved = sys.argv
+    sys.argv = ['lm-eval', *(a.args[1:] if a.args[:1] == ['--'] else a.args)]  # lm-eval reads sys.argv (and inserts 'run' when no subcommand is given)
+    try:
+        setup_logging(); cli = HarnessCLI(); cli.execute(cli.parse_args())
+    finally: sys.argv = saved
+
+def _evaluate(a):
+    from stackwise.evaluate import evaluate
+    kw = {k: v for k, v in dict(max_len=a.max_len, stride=a.stride).items() if v is not None}
+    table = evaluate(a.model, [t.strip() for t in a.tasks.split(',') if t.strip()], limit=a.limit, tokenizer=a.tokenizer,
+                     root=a.data, results=a.results, device=a.device, **kw)
+    print(table.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
+    if a.out: table.to_csv(a.out, index=False); print(f'table: {a.out}')
+    return 1 if (table.metric == 'error').all() else 0
+
 # %% ../nbs/09_cli.ipynb #b8819877
 def build_parser() -> argparse.ArgumentParser:
     "The `stackwise` argument parser."
@@ -230,12 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--dtype-config', '--dtype_config', default='fp32_true',
                    help='fp32_true | amp_fp16 | amp_bf16 | fp16_naive | bf16_pure | amp_bf16_8bit (or a stackwise dtype policy)')
     s.add_argument('--batch-size', '--batch_size', type=int, default=8, help='sequences per micro-batch')
-    s.add_argument('--max-steps', '--max_steps', type=int, default=40, help='optimizer steps')
+    s.add_argument('--max-steps', '--max_steps', type=int, default=30, help='optimizer steps')
     s.add_argument('--grad-accum', type=int, default=1, help='micro-batches per optimizer step')
     s.add_argument('--size', default='tiny', help='tiny | mini | small (GPT-2 small / RoBERTa-base) | test')
     s.add_argument('--model-source', default='hf', help="hf (transformers' models) | stackwise (Racks)")
     s.add_argument('--seq-len', type=int, default=0, help="tokens per sequence (0: the size's)")
-    s.add_argument('--lr', type=float, default=1e-3, help='peak learning rate')
+    s.add_argument('--lr', type=float, default=0.0, help="peak learning rate (0: the size's: tiny 3e-3, mini 1e-3, small 3e-4)")
     s.add_argument('--warmup-steps', type=int, default=5)
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--eval-batches', type=int, default=8, help='validation batches')
@@ -243,11 +263,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--data', help='local dataset copies (default: $STACKWISE_DATA)')
     s.add_argument('--data-source', default='auto', help='auto (hub, else local copies, else synthetic) | hub | local | synthetic')
     s.add_argument('--tokenizer', default='bpe', help='bpe | bytes')
-    s.add_argument('--vocab-size', type=int, default=4096, help='BPE vocabulary')
+    s.add_argument('--vocab-size', type=int, default=2048, help='BPE vocabulary')
     s.add_argument('--no-mfu', action='store_true', help='skip MFU (it measures the CPU peak once)')
     s.add_argument('--experiment', default='dtype_bench', help='run folders go to results/<experiment>/')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
     s.set_defaults(func=_bench)
+
+    s = sub.add_parser('evaluate', help='zero-shot scores of a model on evaluation tasks, one run folder per task')
+    s.add_argument('--model', required=True, help='hf:NAME, a saved Rack / checkpoint / run folder, or a preset (random weights)')
+    s.add_argument('--tasks', required=True, help='comma-separated: wikitext2, wikitext103, tinyshakespeare, lambada, piqa, hellaswag, sst2, mnli, stsb')
+    s.add_argument('--limit', type=int, help='score only the first N rows of each task')
+    s.add_argument('--tokenizer', help='bytes, a family or a hub name (default: the model\'s)')
+    s.add_argument('--data', help='local copies folder (default: $STACKWISE_DATA)')
+    s.add_argument('--results', help='results folder (default: results/ of this checkout)')
+    s.add_argument('--max-len', type=int, help='perplexity window (default: the model\'s context)')
+    s.add_argument('--stride', type=int, help='perplexity window step (default: half a window)')
+    s.add_argument('--device', default='cpu', help='cpu or cuda')
+    s.add_argument('--out', help='also write the combined table to this CSV')
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser('lm-eval', help='lm-evaluation-harness with stackwise models: --model stackwise --model_args model=PRESET_OR_RUN,tokenizer=... --tasks ...')
+    s.add_argument('args', nargs=argparse.REMAINDER, help="lm-eval's own arguments")
+    s.set_defaults(func=_lm_eval)
 
     s = sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb')
     s.add_argument('--check', action='store_true', help='only check that README.md is in step')
@@ -257,12 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/09_cli.ipynb #b006c21e
 def main(argv:list[str]|None=None) -> int:
     "Run the `stackwise` command; returns the exit status."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['lm-eval'] and not set(argv[1:2]) & {'-h', '--help'}:  # lm-eval parses its own options
+        argv = ['lm-eval', '--', *argv[1:]]
     args = build_parser().parse_args(argv)
-    try: args.func(args)
+    try: rc = args.func(args)
     except StackwiseError as e:
         print(f'stackwise: error: {e}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('stackwise: interrupted', file=sys.stderr)
         return 130
-    return 0
+    return rc or 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_datasets.ipynb #dc5e9145
 from __future__ import annotations
-import csv, os, sys, warnings
+import csv, json, os, sys, warnings
 from collections import Counter
 from functools import lru_cache
 from importlib.resources import files
@@ -79,6 +79,28 @@ def _hellaswag6(path:Path) -> dict:
     items = [lines[i:i + 6] for i in range(0, len(lines), 6)]
     return dict(context=[it[0] for it in items], choices=[it[2:] for it in items], label=[int(it[1]) for it in items])
 
+def _squad_json(path:Path) -> dict:
+    "Columns of an official SQuAD v1.1/v2.0 JSON file (data > paragraphs > qas), answers as the hub lays them out."
+    try: data = json.loads(path.read_text(encoding='utf-8'))['data']
+    except (ValueError, KeyError, TypeError):
+        raise StackwiseError(f'{path}: not a SQuAD JSON file (expected {{"data": [{{"paragraphs": [{{"context", "qas"}}]}}]}}): re-copy dev-v1.1.json or dev-v2.0.json') from None
+    rows = [(qa['question'], p['context'], dict(text=[a['text'] for a in qa['answers']], answer_start=[a['answer_start'] for a in qa['answers']]))
+            for art in data for p in art['paragraphs'] for qa in p['qas']]
+    return dict(question=[r[0] for r in rows], context=[r[1] for r in rows], answers=[r[2] for r in rows])
+
+def _conll(path:Path, label_names:list[str]) -> dict:
+    "Columns of a CoNLL-2003 file (token POS chunk NER per line, sentences split by blank lines, -DOCSTART- skipped)."
+    tokens, tags, sent, stags = [], [], [], []
+    for i, line in enumerate(path.read_text(encoding='utf-8').splitlines() + ['']):
+        parts = line.split()
+        if not parts or parts[0] == '-DOCSTART-':
+            if sent: tokens.append(sent); tags.append(stags); sent, stags = [], []
+            continue
+        if parts[-1] not in label_names:
+            raise StackwiseError(f'{path}:{i + 1}: tag {parts[-1]!r} is not one of {", ".join(label_names)}: expected CoNLL-2003 lines "token POS chunk NER" (IOB2)')
+        sent.append(parts[0]); stags.append(label_names.index(parts[-1]))
+    return dict(tokens=tokens, ner_tags=tags)
+
 def _parallel(paths:list[Path], langs:list[str]) -> dict:
     "Columns of line-aligned parallel files: a `translation` dict per line."
     sides = [p.read_text(encoding='utf-8').splitlines() for p in paths]
@@ -96,6 +118,9 @@ def _read_local(spec:dict, split:str, files:list[Path]):
     if fmt == 'text': ds = datasets.load_dataset('text', sample_by=local.get('sample_by', 'line'), keep_linebreaks=True, **kw)
     elif fmt == 'tsv': ds = datasets.load_dataset('csv', sep='\t', quoting=csv.QUOTE_NONE, keep_default_na=False, **kw)
     elif fmt == 'jsonl': ds = datasets.load_dataset('json', **kw)
+    elif fmt == 'csv': ds = datasets.load_dataset('csv', keep_default_na=False, **kw)
+    elif fmt == 'squad_json': ds = datasets.Dataset.from_dict(_squad_json(files[0]))
+    elif fmt == 'conll': ds = datasets.Dataset.from_dict(_conll(files[0], spec['label_names']))
     elif fmt == 'hellaswag6': ds = datasets.Dataset.from_dict(_hellaswag6(files[0]))
     elif fmt == 'parallel': ds = datasets.Dataset.from_dict(_parallel(files, spec['languages']))
     else: raise StackwiseError(f"dataset {spec['name']!r}: unknown local format {fmt!r} in stackwise/benchmarks/datasets.yaml")

@@ -135,7 +135,7 @@ def trainable_state(model:torch.nn.Module) -> dict|None:
 def save_checkpoint(folder:str|Path, # the checkpoints folder of a run
                     name:str, # the checkpoint's folder name, e.g. step-000100
                     model:torch.nn.Module, state:dict, meta:dict) -> Path:
-    "Write one checkpoint folder atomically (temporary folder, then rename); a partly frozen model saves its trainable weights only."
+    "Write one checkpoint folder atomically (temporary folder, then rename); a partly frozen model saves its trainable weights only, a whole Rack its config too."
     from safetensors.torch import save_file, save_model
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     final = folder/name
@@ -143,8 +143,11 @@ def save_checkpoint(folder:str|Path, # the checkpoints folder of a run
     tmp = folder/f'.tmp-{name}-{secrets.token_hex(3)}'
     tmp.mkdir()
     try:
+        from stackwise.families import save_rack
+        from stackwise.rack import Rack
         part = trainable_state(model)
-        if part is None: save_model(model, str(tmp/'model.safetensors'))
+        if part is None and isinstance(model, Rack): save_rack(model, tmp)  # with config.yaml: `families.load_rack` rebuilds it
+        elif part is None: save_model(model, str(tmp/'model.safetensors'))
         else: save_file(part, str(tmp/'model.safetensors'))
         meta = dict(meta, weights='all' if part is None else 'trainable')
         torch.save(state, tmp/'state.pt')

@@ -37,8 +37,8 @@ def test_registry_describes_every_seed_dataset():
         assert {'task', 'metric', 'license', 'hub', 'fields', 'description'} <= set(spec), name
         assert spec['task'] in sd.TASK_COLUMNS and spec['hub']['id'] and spec['hub']['splits'], name
         if 'local' in spec:
-            assert spec['local']['format'] in ('text', 'tsv', 'jsonl', 'hellaswag6', 'parallel'), name
-            assert set(spec['local']['counts']) <= set(spec['local']['files']), name
+            assert spec['local']['format'] in ('text', 'tsv', 'csv', 'jsonl', 'hellaswag6', 'parallel', 'squad_json', 'conll'), name
+            assert set(spec['local'].get('counts', {})) <= set(spec['local']['files']), name
     assert reg['openwebtext']['hub']['streaming'] and reg['wmt14_en_de']['hub']['streaming']
 
 

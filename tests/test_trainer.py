@@ -30,9 +30,12 @@ def tree_digest(path: Path) -> dict:
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob('*')) if p.is_file()}
 
 
-def final_weights(run_dir: Path) -> bytes:
+def final_weights(run_dir: Path) -> dict:
+    "Every tensor of the final checkpoint as raw bytes (the file's header orders its metadata differently per process)."
+    from safetensors.torch import load_file
     ck = run_dir/'checkpoints'
-    return (ck/(ck/'final').read_text().strip()/'model.safetensors').read_bytes()
+    w = load_file(str(ck/(ck/'final').read_text().strip()/'model.safetensors'))
+    return {k: (v.dtype, tuple(v.shape), v.contiguous().view(torch.uint8).numpy().tobytes()) for k, v in w.items()}
 
 
 def test_resume_after_kill9_is_bit_identical(tmp_path):
@@ -106,6 +109,8 @@ def test_bad_names_are_clear_errors():
         TrainConfig(dtype='fp8')
     with pytest.raises(StackwiseError, match="unknown objective 'span': use one of clm, mlm"):
         TrainConfig(objective='span')
+    with pytest.raises(StackwiseError, match="unknown attention 'flash': use 'auto'"):
+        TrainConfig(attention='flash')
     assert dtype_policy('fp16_naive') is POLICIES['fp16_pure'] and dtype_policy('fp32_true') is POLICIES['fp32']
 
 
@@ -178,8 +183,12 @@ def test_hf_model_trains():
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, bos_token_id=None, eos_token_id=None))
     data = BlockLoader(TokenBlocks(np.arange(4000) % 63, 16), 4, shuffle=False)  # a cycle: learnable in a few steps
     t = Trainer(hf, data, TrainConfig(max_steps=4, warmup_steps=1, lr=1e-2, dtype='amp_bf16', progress=False, mfu=True))
+    assert hf.config._attn_implementation == 'stackwise'  # attention='auto': stackwise picks the kernel
     t.fit()
     assert t.history[-1]['loss'] < t.history[0]['loss'] and 0 < t.history[-1]['mfu'] < 1
+    hf2 = GPT2LMHeadModel(hf.config.__class__(**{**hf.config.to_dict(), '_attn_implementation': 'sdpa'}))
+    Trainer(hf2, data, TrainConfig(max_steps=1, attention='model', progress=False, mfu=False))
+    assert hf2.config._attn_implementation == 'sdpa'  # attention='model' leaves it alone
 
 
 @pytest.mark.skipif(not os.environ.get('STACKWISE_SLOW'), reason='slow (two processes): set STACKWISE_SLOW=1')
