@@ -270,7 +270,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'stackwise.dtype_bench.validate': ('dtype_bench.html#validate', 'stackwise/dtype_bench.py')},
             'stackwise.dtype_verdicts': { 'stackwise.dtype_verdicts._by_seed': ( 'dtype_verdicts.html#_by_seed',
                                                                                  'stackwise/dtype_verdicts.py'),
-                                          'stackwise.dtype_verdicts._fails': ('dtype_verdicts.html#_fails', 'stackwise/dtype_verdicts.py'),
+                                          'stackwise.dtype_verdicts._grade': ('dtype_verdicts.html#_grade', 'stackwise/dtype_verdicts.py'),
                                           'stackwise.dtype_verdicts._grid': ('dtype_verdicts.html#_grid', 'stackwise/dtype_verdicts.py'),
                                           'stackwise.dtype_verdicts._h1': ('dtype_verdicts.html#_h1', 'stackwise/dtype_verdicts.py'),
                                           'stackwise.dtype_verdicts._h2': ('dtype_verdicts.html#_h2', 'stackwise/dtype_verdicts.py'),

@@ -94,9 +94,10 @@ def model_config(arch:str, size:str, vocab_size:int, seq_len:int, pad_token_id:i
     over = {k: s[k] for k in ('n_layers', 'd_model', 'n_heads') if k in s}
     if over: over['d_ff'] = 4 * over['d_model']
     over.update(vocab_size=max(vocab_size, base.vocab_size) if size == 'small' else vocab_size, dropout=0.0)
-    # RoBERTa numbers positions from pad_token_id + 1, so it needs that many more position rows
-    if arch == 'roberta': over.update(max_seq_len=seq_len + pad_token_id + 1, pad_token_id=pad_token_id)
-    else: over.update(max_seq_len=seq_len)
+    # RoBERTa numbers positions from pad_token_id + 1, so it needs that many more position rows; `small` keeps the published rows
+    need = seq_len + pad_token_id + 1 if arch == 'roberta' else seq_len
+    over.update(max_seq_len=max(need, base.max_seq_len) if size == 'small' else need)
+    if arch == 'roberta': over.update(pad_token_id=pad_token_id)
     return load_config(PRESETS[arch], over)
 
 # %% ../nbs/22_dtype_bench.ipynb #bf18a9de

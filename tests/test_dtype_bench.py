@@ -137,7 +137,8 @@ def test_verdicts_follow_the_data():
     assert v(_table({s: 'nonfinite' for s in 'CDEF'}))['H1 loss-scale inversion'] == 'refuted'
     assert v(_table({'C': 'error'}))['H1 loss-scale inversion'] == 'inconclusive'
     assert v(_table({}, {('C', 'bf16_pure'): 1.3}))['H3 bottleneck instability'] == 'supported'
-    assert v(_table({}, {('C', 'bf16_pure'): 1.01}))['H3 bottleneck instability'] == 'refuted'
+    assert v(_table({}, {('C', 'bf16_pure'): 1.01}))['H3 bottleneck instability'] == 'refuted'  # within half the 5% tolerance
+    assert v(_table({}, {('C', 'bf16_pure'): 1.04}))['H3 bottleneck instability'] == 'inconclusive'  # marginal on C only
     # H2 from per-step timings: B gains 2x from bf16_pure, A 1x, with a little noise -> supported; the reverse -> refuted
     rng = np.random.default_rng(0)
     def steps(gain_a, gain_b):
