@@ -32,7 +32,8 @@ from .trainer import LM_OBJECTIVES, TrainConfig, Trainer, _first_batches, _model
 __all__ = ['SCENARIOS', 'DTYPE_CONFIGS', 'PRESETS', 'SIZES', 'DATA_SOURCES', 'STATUSES', 'SEED_GPUS', 'KNOWN_GPUS', 'Scenario',
            'scenario_for', 'dtype_config', 'model_config', 'hub_reachable', 'BenchData', 'prepare_data', 'CellSpec',
            'loaders', 'build_model', 'bench_flops_per_token', 'f1_scores', 'validate', 'state_bytes', 'summarize',
-           'run_cell', 'matrix_specs', 'run_matrix', 'load_matrix', 'first_batch', 'fp16_adamw_probe', 'hardware_check']
+           'run_cell', 'matrix_specs', 'run_matrix', 'load_matrix', 'throughput_probe', 'first_batch',
+           'fp16_adamw_probe', 'hardware_check']
 
 # %% ../nbs/22_dtype_bench.ipynb #2b1591c8
 @dataclass(frozen=True)
@@ -362,6 +363,18 @@ def summarize(history:list[dict], spec:CellSpec, scale0:float|None=None) -> dict
 class _Stop(Exception):
     "Ends a run whose loss went NaN/Inf: nothing after it is a measurement."
 
+def _trainer(spec:CellSpec, data:BenchData, model, train, val=None, on_step=None, progress:bool=False) -> Trainer:
+    "The cell's trainer: its precision, schedule, clipping and accumulation, on its device."
+    from accelerate import Accelerator
+    policy, dev = dtype_config(spec.dtype_config), resolve_device(spec.device)
+    mfu = spec.mfu and not (dev.type == 'cpu' and policy.compute_dtype == torch.float16)
+    cfg = TrainConfig(max_steps=spec.max_steps, grad_accum=spec.grad_accum, lr=spec.peak_lr, warmup_steps=spec.warmup_steps,
+                      weight_decay=spec.weight_decay, grad_clip=spec.grad_clip, dtype=policy, objective=spec.task,
+                      mask_token_id=data.tokenizer.mask_token_id if spec.task == 'mlm' else None, seed=spec.seed,
+                      eval_batches=spec.eval_batches, progress=progress, tensorboard=False, mfu=mfu)
+    return Trainer(model, train, cfg, val_data=val, accelerator=Accelerator(mixed_precision='no', cpu=dev.type == 'cpu'),
+                   on_step=on_step, flops_per_token=bench_flops_per_token(model, spec.T))
+
 STATUSES = ('completed', 'diverged', 'nonfinite', 'error')
 
 def _policy_record(p:DtypePolicy) -> dict:
@@ -398,12 +411,6 @@ def run_cell(spec:CellSpec, data:BenchData,
         train, val = loaders(spec, data)
         torch.manual_seed(spec.seed)  # the same initial weights for every configuration of a scenario
         model = build_model(spec, data)
-        mfu = spec.mfu and not (dev.type == 'cpu' and policy.compute_dtype == torch.float16)
-        cfg = TrainConfig(max_steps=spec.max_steps, grad_accum=spec.grad_accum, lr=spec.peak_lr, warmup_steps=spec.warmup_steps,
-                          weight_decay=spec.weight_decay, grad_clip=spec.grad_clip, dtype=policy, objective=spec.task,
-                          mask_token_id=data.tokenizer.mask_token_id if spec.task == 'mlm' else None, seed=spec.seed,
-                          eval_batches=spec.eval_batches, progress=progress, tensorboard=False, mfu=mfu)
-        from accelerate import Accelerator
         observer, state = None, {}
         def on_step(tr, step):
             if step == 1: state['observed'] = observer.after_first_step()
@@ -411,9 +418,7 @@ def run_cell(spec:CellSpec, data:BenchData,
             h = tr.history[-1]
             if not _finite(h['loss']) or (tr.scaler is None and not _finite(h['grad_norm'])):
                 state['nan'] = step; raise _Stop
-        trainer = Trainer(model, train, cfg, val_data=val if spec.task in LM_OBJECTIVES else None,
-                          accelerator=Accelerator(mixed_precision='no', cpu=dev.type == 'cpu'), on_step=on_step,
-                          flops_per_token=bench_flops_per_token(model, spec.T))
+        trainer = _trainer(spec, data, model, train, val if spec.task in LM_OBJECTIVES else None, on_step, progress)
         observer = _Observer(trainer)
         scale0 = trainer.scaler.get_scale() if trainer.scaler else None
         try: trainer.fit()
@@ -487,7 +492,25 @@ def load_matrix(folder:str|Path) -> tuple[pd.DataFrame, pd.DataFrame]:
               for r in table.itertuples() if (f := folder/'cells'/r.cell/'metrics.csv').exists()]
     return table, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-# %% ../nbs/22_dtype_bench.ipynb #a1db003b
+# %% ../nbs/22_dtype_bench.ipynb #fc6dcde7
+def throughput_probe(specs:list[CellSpec], data:BenchData, reps:int=7, steps:int=5, warmup:int=2) -> pd.DataFrame:
+    "Training samples/s of `specs` timed in turns: a row per cell and repetition."
+    from stackwise.bench import compare_throughput
+    fns = {}
+    for spec in specs:
+        train, _ = loaders(spec, data)
+        torch.manual_seed(spec.seed)
+        t = _trainer(spec, data, build_model(spec, data), train)
+        it = iter(train)
+        blocks = [next(it) for _ in range(spec.grad_accum)]
+        fns[spec.name] = lambda t=t, b=blocks: t.train_step(b)['loss']
+    n = {spec.batch_size * spec.grad_accum for spec in specs}
+    if len(n) > 1: raise StackwiseError(f'throughput_probe compares cells of one effective batch, got {sorted(n)}')
+    df = compare_throughput(fns, n.pop(), reps=reps, steps=steps, warmup=warmup).rename(columns=dict(tokens_per_s='samples_per_s', impl='cell'))
+    by = {s.name: s for s in specs}
+    return df.assign(scenario=df.cell.map(lambda c: by[c].scenario), dtype_config=df.cell.map(lambda c: by[c].dtype_config))
+
+# %% ../nbs/22_dtype_bench.ipynb #d83dd86a
 def _first_step(model:nn.Module, spec:CellSpec, b:dict, eps:float, fused:bool) -> tuple[torch.optim.AdamW, dict]:
     "One AdamW step of `model` (in place) on batch `b` with the bench's learning rate at step 1."
     opt = torch.optim.AdamW(model.parameters(), lr=spec.peak_lr / spec.warmup_steps, betas=(0.9, 0.95), eps=eps, weight_decay=0.0,
@@ -534,7 +557,7 @@ def fp16_adamw_probe(spec:CellSpec, data:BenchData) -> dict:
         out[f'max_update_{label}'] = float(fin.max()) if len(fin) else float('nan')
     return out
 
-# %% ../nbs/22_dtype_bench.ipynb #7916ef3d
+# %% ../nbs/22_dtype_bench.ipynb #0e099eea
 SEED_GPUS = ('RTX A6000', 'A40')  # the seed's budget plan
 KNOWN_GPUS = SEED_GPUS + ('A100', 'H100 SXM', 'H100 PCIe', 'H200', 'L40S', 'L4', 'V100')
 

@@ -158,15 +158,31 @@ def _ratio_ci(steps, df, reps:int=2000, seed:int=0):
     gains = {s: med(x[s, 'bf16_pure']) / med(x[s, 'fp32_true']) for s in 'AB'}
     return point, float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)), gains
 
-def _h2(df, steps) -> tuple[str, str]:
+def _h2_interleaved(tp) -> tuple[str, str]|None:
+    "H2 from `throughput_probe`'s paired repetitions: gain(B)/gain(A) per repetition, its median and a bootstrap interval."
+    cells = {(s, c): f'{s}-{c}-s0' for s in 'AB' for c in ('bf16_pure', 'fp32_true')}
+    pv = tp.pivot_table(index='rep', columns='cell', values='samples_per_s')
+    if not set(cells.values()) <= set(pv.columns) or len(pv) < 3: return None
+    gain = {s: pv[cells[s, 'bf16_pure']] / pv[cells[s, 'fp32_true']] for s in 'AB'}
+    r = (gain['B'] / gain['A']).to_numpy()
+    boot = np.median(np.random.default_rng(0).choice(r, (2000, len(r))), axis=1)
+    point, lo, hi = float(np.median(r)), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+    ev = (f'timed in turns ({len(r)} repetitions): bf16_pure / fp32_true samples/s A {gain["A"].median():.2f}x, B {gain["B"].median():.2f}x; '
+          f'gain(B)/gain(A) = {point:.2f} (95% bootstrap interval {lo:.2f}-{hi:.2f} over repetitions)')
+    return ('supported' if lo > 1 else 'refuted' if hi < 1 else 'inconclusive'), ev
+
+def _h2(df, steps, throughput=None) -> tuple[str, str]:
+    mfu = {s: _by_seed(df, s, 'bf16_pure').mfu.mean() for s in 'AB'}
+    tail = f'; bf16_pure MFU in the matrix A {100 * mfu["A"]:.2f}%, B {100 * mfu["B"]:.2f}%' if all(pd.notna(v) for v in mfu.values()) else ''
+    if throughput is not None and len(throughput) and (got := _h2_interleaved(throughput)):
+        verdict, ev = got
+        return verdict, ev + tail + ('; the interval contains 1' if verdict == 'inconclusive' else '')
     if steps is None or steps.empty: return 'inconclusive', 'no per-step timings'
     r = _ratio_ci(steps, df)
     if r is None: return 'inconclusive', 'bf16_pure or fp32_true of A or B is missing, errored, or ran fewer than 2 timed steps'
     point, lo, hi, gains = r
-    mfu = {s: _by_seed(df, s, 'bf16_pure').mfu.mean() for s in 'AB'}
     ev = (f'bf16_pure / fp32_true samples/s: A {gains["A"]:.2f}x, B {gains["B"]:.2f}x; gain(B)/gain(A) = {point:.2f} '
-          f'(95% bootstrap interval {lo:.2f}-{hi:.2f} over timed steps)')
-    if all(pd.notna(v) for v in mfu.values()): ev += f'; bf16_pure MFU A {100 * mfu["A"]:.2f}%, B {100 * mfu["B"]:.2f}%'
+          f'(95% bootstrap interval {lo:.2f}-{hi:.2f} over the timed steps of cells run one after the other: drift of the machine between cells is not in it)') + tail
     if lo > 1: return 'supported', ev
     if hi < 1: return 'refuted', ev
     return 'inconclusive', ev + '; the interval contains 1'
@@ -212,9 +228,10 @@ HYPOTHESES = {
     'H3 bottleneck instability': 'GPT-2 classification (C) needs higher precision (autocast) than RoBERTa classification (D)'}
 
 def verdicts(df:pd.DataFrame, # the results table
-             steps:pd.DataFrame|None=None, # the cells' per-step rows (for H2's interval)
+             steps:pd.DataFrame|None=None, # the cells' per-step rows (H2 without `throughput`)
              tolerance:float=0.05, # H3: the smallest relative increase of the validation loss that counts as a failure
+             throughput:pd.DataFrame|None=None, # `dtype_bench.throughput_probe` of A and B under fp32_true and bf16_pure (H2)
             ) -> pd.DataFrame:
     "Seed 004's hypotheses, each with a verdict (supported / refuted / inconclusive) and its evidence."
-    out = [_h1(df), _h2(df, steps), _h3(df, tolerance)]
+    out = [_h1(df), _h2(df, steps, throughput), _h3(df, tolerance)]
     return pd.DataFrame([dict(hypothesis=h, claim=c, verdict=v, evidence=e) for (h, c), (v, e) in zip(HYPOTHESES.items(), out)])

@@ -150,6 +150,11 @@ def test_verdicts_follow_the_data():
     assert v(_table({}), steps(1.0, 2.0))['H2 architecture inversion'] == 'supported'
     assert v(_table({}), steps(2.0, 1.0))['H2 architecture inversion'] == 'refuted'
     assert v(_table({}), steps(1.5, 1.5))['H2 architecture inversion'] == 'inconclusive'
+    # timed in turns: each repetition is a paired comparison, and those decide when given
+    turns = pd.DataFrame([dict(rep=r, cell=f'{s}-{c}-s0', samples_per_s=100 * g * rng.uniform(0.97, 1.03))
+                          for r in range(7) for s, gain in (('A', 1.0), ('B', 1.6)) for c, g in (('fp32_true', 1.0), ('bf16_pure', gain))])
+    h2 = dv.verdicts(_table({}), steps(2.0, 1.0), throughput=turns).set_index('hypothesis').loc['H2 architecture inversion']
+    assert h2.verdict == 'supported' and h2.evidence.startswith('timed in turns (7 repetitions)')
 
 
 def test_cli_bench_runs_one_cell(tmp_path, capsys):
