@@ -493,7 +493,7 @@ def load_matrix(folder:str|Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 # %% ../nbs/22_dtype_bench.ipynb #fc6dcde7
-def throughput_probe(specs:list[CellSpec], data:BenchData, reps:int=7, steps:int=5, warmup:int=2) -> pd.DataFrame:
+def throughput_probe(specs:list[CellSpec], data:BenchData, reps:int=9, steps:int=5, warmup:int=2) -> pd.DataFrame:
     "Training samples/s of `specs` timed in turns: a row per cell and repetition."
     from stackwise.bench import compare_throughput
     fns = {}

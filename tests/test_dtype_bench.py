@@ -152,9 +152,18 @@ def test_verdicts_follow_the_data():
     assert v(_table({}), steps(1.5, 1.5))['H2 architecture inversion'] == 'inconclusive'
     # timed in turns: each repetition is a paired comparison, and those decide when given
     turns = pd.DataFrame([dict(rep=r, cell=f'{s}-{c}-s0', samples_per_s=100 * g * rng.uniform(0.97, 1.03))
-                          for r in range(7) for s, gain in (('A', 1.0), ('B', 1.6)) for c, g in (('fp32_true', 1.0), ('bf16_pure', gain))])
+                          for r in range(9) for s, gain in (('A', 1.0), ('B', 1.6)) for c, g in (('fp32_true', 1.0), ('bf16_pure', gain))])
     h2 = dv.verdicts(_table({}), steps(2.0, 1.0), throughput=turns).set_index('hypothesis').loc['H2 architecture inversion']
-    assert h2.verdict == 'supported' and h2.evidence.startswith('timed in turns (7 repetitions)')
+    assert h2.verdict == 'supported' and 'above 1 in 9 of 9 (sign test' in h2.evidence
+    flipped = turns.copy()
+    flipped.loc[(flipped.rep < 3) & (flipped.cell == 'B-bf16_pure-s0'), 'samples_per_s'] /= 2  # 3 of 9 repetitions the other way: not enough
+    assert dv.verdicts(_table({}), throughput=flipped).set_index('hypothesis').verdict['H2 architecture inversion'] == 'inconclusive'
+    # two passes must agree
+    both = pd.concat([turns.assign(**{'pass': 1}), turns.assign(**{'pass': 2})])
+    assert dv.verdicts(_table({}), throughput=both).set_index('hypothesis').verdict['H2 architecture inversion'] == 'supported'
+    other = turns.assign(samples_per_s=np.where(turns.cell.str.startswith('B-bf16'), turns.samples_per_s / 3, turns.samples_per_s))
+    h2 = dv.verdicts(_table({}), throughput=pd.concat([turns.assign(**{'pass': 1}), other.assign(**{'pass': 2})])).set_index('hypothesis').loc['H2 architecture inversion']
+    assert h2.verdict == 'inconclusive' and 'the passes disagree' in h2.evidence
 
 
 def test_cli_bench_runs_one_cell(tmp_path, capsys):
