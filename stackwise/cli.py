@@ -151,6 +151,9 @@ def _bench(a):
                        grad_accum=a.grad_accum, max_steps=a.max_steps, seq_len=a.seq_len, lr=a.lr, warmup_steps=a.warmup_steps,
                        seed=a.seed, eval_batches=a.eval_batches, device=a.device, mfu=not a.no_mfu)  # bad input fails here, before any work
     folder = results_root(a.results)/check_name(a.experiment)/new_run_id()
+    from stackwise.hardware import resolve_device
+    if a.cpu_threads and resolve_device(a.device).type == 'cpu':
+        import torch; torch.set_num_threads(a.cpu_threads)  # extra OpenMP threads stall whenever the machine is busy
     datasets.disable_progress_bars(); logging.getLogger('bitsandbytes').setLevel(logging.ERROR)
     data = db.prepare_data(a.data_source, a.data, tokenizer=a.tokenizer, vocab_size=a.vocab_size)
     print('data: ' + '; '.join(f'{k}: {data.sources[k]}' for k in ('lm' if spec.task in ('clm', 'mlm') else 'classification', 'tokenizer')))
@@ -260,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--eval-batches', type=int, default=8, help='validation batches')
     s.add_argument('--device', default='auto', help='auto, cpu, cuda, ...')
+    s.add_argument('--cpu-threads', type=int, default=1, help="torch threads on a CPU (0: torch's default); one keeps a shared machine's timings stable")
     s.add_argument('--data', help='local dataset copies (default: $STACKWISE_DATA)')
     s.add_argument('--data-source', default='auto', help='auto (hub, else local copies, else synthetic) | hub | local | synthetic')
     s.add_argument('--tokenizer', default='bpe', help='bpe | bytes')

@@ -169,7 +169,7 @@ def test_verdicts_follow_the_data():
 def test_cli_bench_runs_one_cell(tmp_path, capsys):
     from stackwise.cli import main
     assert main(['bench', '--model-arch', 'roberta', '--task', 'multi_cls', '--dtype-config', 'amp_bf16', '--batch-size', '4',
-                 '--max-steps', '3', '--size', 'test', '--data-source', 'synthetic', '--tokenizer', 'bytes', '--no-mfu',
+                 '--max-steps', '3', '--size', 'test', '--data-source', 'synthetic', '--tokenizer', 'bytes', '--no-mfu', '--cpu-threads', '0',
                  '--results', str(tmp_path)]) == 0
     out = capsys.readouterr().out
     (run,) = (tmp_path/'dtype_bench').iterdir()
