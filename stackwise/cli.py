@@ -157,6 +157,27 @@ def _train(a):
     print(f'run folder: {run.path}')
     print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in out.items() if v is not None))
 
+def _bench(a):
+    import datasets, logging
+    from stackwise import dtype_bench as db
+    from stackwise.runs import check_name, new_run_id, results_root
+    spec = db.CellSpec(a.model_arch, a.task, a.dtype_config, size=a.size, model_source=a.model_source, batch_size=a.batch_size,
+                       grad_accum=a.grad_accum, max_steps=a.max_steps, seq_len=a.seq_len, lr=a.lr, warmup_steps=a.warmup_steps,
+                       seed=a.seed, eval_batches=a.eval_batches, device=a.device, mfu=not a.no_mfu)  # bad input fails here, before any work
+    folder = results_root(a.results)/check_name(a.experiment)/new_run_id()
+    from stackwise.hardware import resolve_device
+    if a.cpu_threads and resolve_device(a.device).type == 'cpu':
+        import torch; torch.set_num_threads(a.cpu_threads)  # extra OpenMP threads stall whenever the machine is busy
+    datasets.disable_progress_bars(); logging.getLogger('bitsandbytes').setLevel(logging.ERROR)
+    data = db.prepare_data(a.data_source, a.data, tokenizer=a.tokenizer, vocab_size=a.vocab_size)
+    print('data: ' + '; '.join(f'{k}: {data.sources[k]}' for k in ('lm' if spec.task in ('clm', 'mlm') else 'classification', 'tokenizer')))
+    row = db.run_cell(spec, data, folder, progress=True)
+    print(f'run folder: {folder}')
+    keys = ('scenario', 'dtype_config', 'status', 'first_nan_step', 'steps_run', 'samples_per_s', 'tokens_per_s', 'mfu', 'peak_mem_gb',
+            'state_mem_mb', 'val_loss', 'f1_micro', 'f1_macro', 'overflow_count', 'wall_s')
+    print('  '.join(f'{k}={row[k]:.4g}' if isinstance(row[k], float) else f'{k}={row[k]}' for k in keys if row.get(k) is not None))
+    if row['status'] == 'error': raise StackwiseError(f'the cell failed: {row["error"]} (traceback: {folder/"error.txt"})')
+
 def _lm_eval(a):
     "lm-eval's own command line, with the `stackwise` model registered."
     import stackwise.lm_eval_adapter  # registers the model name 'stackwise' with lm-eval
@@ -245,6 +266,33 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      'max_steps is per stage), model.<field>=value or depth.<field>=value (depth.k=2 '
                                                                      'depth.frozen_dtype=nf4 depth.cache_budget=1e8)')
     s.set_defaults(func=_train)
+
+    s = sub.add_parser('bench', help="one cell of seed 004's datatype matrix (arch x task x dtype config) into a run folder")
+    # seed 004's flags, also in its own spelling (--model_arch, ...)
+    s.add_argument('--model-arch', '--model_arch', default='gpt2', help='gpt2 | roberta')
+    s.add_argument('--task', default='clm', help='clm | mlm | multi_cls | single_cls (with the arch: one of the scenarios A-F)')
+    s.add_argument('--dtype-config', '--dtype_config', default='fp32_true',
+                   help='fp32_true | amp_fp16 | amp_bf16 | fp16_naive | bf16_pure | amp_bf16_8bit (or a stackwise dtype policy)')
+    s.add_argument('--batch-size', '--batch_size', type=int, default=8, help='sequences per micro-batch')
+    s.add_argument('--max-steps', '--max_steps', type=int, default=30, help='optimizer steps')
+    s.add_argument('--grad-accum', type=int, default=1, help='micro-batches per optimizer step')
+    s.add_argument('--size', default='tiny', help='tiny | mini | small (GPT-2 small / RoBERTa-base) | test')
+    s.add_argument('--model-source', default='hf', help="hf (transformers' models) | stackwise (Racks)")
+    s.add_argument('--seq-len', type=int, default=0, help="tokens per sequence (0: the size's)")
+    s.add_argument('--lr', type=float, default=0.0, help="peak learning rate (0: the size's: tiny 3e-3, mini 1e-3, small 3e-4)")
+    s.add_argument('--warmup-steps', type=int, default=5)
+    s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--eval-batches', type=int, default=8, help='validation batches')
+    s.add_argument('--device', default='auto', help='auto, cpu, cuda, ...')
+    s.add_argument('--cpu-threads', type=int, default=1, help="torch threads on a CPU (0: torch's default); one keeps a shared machine's timings stable")
+    s.add_argument('--data', help='local dataset copies (default: $STACKWISE_DATA)')
+    s.add_argument('--data-source', default='auto', help='auto (hub, else local copies, else synthetic) | hub | local | synthetic')
+    s.add_argument('--tokenizer', default='bpe', help='bpe | bytes')
+    s.add_argument('--vocab-size', type=int, default=2048, help='BPE vocabulary')
+    s.add_argument('--no-mfu', action='store_true', help='skip MFU (it measures the CPU peak once)')
+    s.add_argument('--experiment', default='dtype_bench', help='run folders go to results/<experiment>/')
+    s.add_argument('--results', help='results folder (default: results/ of this checkout)')
+    s.set_defaults(func=_bench)
 
     s = sub.add_parser('evaluate', help='zero-shot scores of a model on evaluation tasks, one run folder per task')
     s.add_argument('--model', required=True, help='hf:NAME, a saved Rack / checkpoint / run folder, or a preset (random weights)')

@@ -25,6 +25,7 @@ class DtypePolicy:
     scaler: bool = False  # dynamic loss scaling (autocast fp16 only)
     optimizer: str = 'adamw'  # adamw | adamw8bit
     eps: float = 1e-8  # AdamW's eps; pure fp16 needs one that does not round to 0
+    fused: bool|None = None  # AdamW kernel: None fused where torch has it (its math in fp32 whatever the weights); False torch's multi-tensor math in the weights' dtype
     tf32: bool = False  # allow TF32 matmuls (never, in these recipes: fp32 means fp32)
     about: str = ''
 
@@ -87,7 +88,7 @@ def _fused_ok(params) -> bool:
 
 def make_optimizer(params, # parameters, or parameter groups (dicts with `params`)
                    policy:str|DtypePolicy='fp32', lr:float=3e-4, weight_decay:float=0.0, betas=(0.9, 0.95),
-                   fused:bool|None=None, # None: fused where torch supports it
+                   fused:bool|None=None, # None: as the policy says (fused where torch supports it, unless it pins it)
                   ) -> torch.optim.Optimizer:
     "AdamW for the policy: torch's (fused or foreach) or bitsandbytes' 8-bit AdamW."
     p = dtype_policy(policy)
@@ -96,6 +97,7 @@ def make_optimizer(params, # parameters, or parameter groups (dicts with `params
     if p.optimizer == 'adamw8bit':
         import bitsandbytes as bnb
         return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, eps=p.eps, weight_decay=weight_decay)
+    fused = p.fused if fused is None else fused
     fused = _fused_ok(flat) if fused is None else fused
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=p.eps, weight_decay=weight_decay,
                              fused=fused or None, foreach=None if fused else True)

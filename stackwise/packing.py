@@ -95,10 +95,12 @@ class TokenBlocks(torch.utils.data.Dataset):
 # %% ../nbs/07_packing.ipynb #3db0128f
 class BlockLoader:
     "Batches of blocks in a seeded order per epoch, with a resumable position."
-    def __init__(self, blocks:torch.utils.data.Dataset, batch_size:int, seed:int=0, shuffle:bool=True):
+    def __init__(self, blocks:torch.utils.data.Dataset, batch_size:int, seed:int=0, shuffle:bool=True,
+                 collate=torch.stack, # makes a batch of a list of items (e.g. a `ClassificationCollator` over text rows)
+                ):
         if len(blocks) < batch_size:
             raise StackwiseError(f'{len(blocks)} blocks cannot fill a batch of {batch_size}: lower batch_size or block_size, or add text')
-        self.blocks, self.batch_size, self.seed, self.shuffle = blocks, batch_size, seed, shuffle
+        self.blocks, self.batch_size, self.seed, self.shuffle, self.collate = blocks, batch_size, seed, shuffle, collate
         self.epoch, self.batch = 0, 0
 
     def __len__(self): return len(self.blocks) // self.batch_size  # the last, incomplete batch is dropped
@@ -109,13 +111,13 @@ class BlockLoader:
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        "Batches `[batch_size, block_size + 1]`, forever, epoch after epoch, from the current position."
+        "Batches (`[batch_size, block_size + 1]` for token blocks), forever, epoch after epoch, from the current position."
         while True:
             order = self.order(self.epoch)
             while self.batch < len(self):
                 idx = order[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
                 self.batch += 1
-                yield torch.stack([self.blocks[int(i)] for i in idx])
+                yield self.collate([self.blocks[int(i)] for i in idx])
             self.epoch, self.batch = self.epoch + 1, 0
 
     def state_dict(self) -> dict:

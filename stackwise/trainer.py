@@ -22,12 +22,13 @@ from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_op
 from .runs import Run
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'SCHEDULES', 'TrainConfig', 'lr_factor', 'loss_sum', 'rng_state', 'set_rng_state', 'trainable_state',
-           'save_checkpoint', 'set_pointer', 'resolve_checkpoint', 'load_checkpoint', 'Trainer', 'train_step',
-           'evaluate', 'save', 'resume', 'plot_training', 'fit']
+__all__ = ['OBJECTIVES', 'LM_OBJECTIVES', 'SCHEDULES', 'TrainConfig', 'lr_factor', 'loss_sum', 'n_targets', 'rng_state',
+           'set_rng_state', 'trainable_state', 'save_checkpoint', 'set_pointer', 'resolve_checkpoint',
+           'load_checkpoint', 'Trainer', 'train_step', 'evaluate', 'save', 'resume', 'plot_training', 'fit']
 
 # %% ../nbs/21_trainer.ipynb #fcd28116
-OBJECTIVES = ('clm', 'mlm')
+OBJECTIVES = ('clm', 'mlm', 'multi_cls', 'single_cls')
+LM_OBJECTIVES = ('clm', 'mlm')  # the loader yields token blocks; classification loaders yield collated batches
 SCHEDULES = ('cosine', 'linear', 'constant')
 
 @dataclass
@@ -43,8 +44,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float|None = 1.0  # max global grad norm (None: measured, not clipped)
-    dtype: str = 'fp32'  # a `stackwise.dtypes` policy: fp32, amp_fp16, amp_bf16, bf16_pure, fp16_pure, amp_bf16_8bit
-    objective: str = 'clm'  # clm (next token) | mlm (masked tokens, BERT's 80/10/10)
+    dtype: str = 'fp32'  # a `stackwise.dtypes` policy: fp32, amp_fp16, amp_bf16, bf16_pure, fp16_pure, amp_bf16_8bit (or a DtypePolicy)
+    objective: str = 'clm'  # clm (next token) | mlm (masked tokens, BERT's 80/10/10) | multi_cls (sigmoid + BCE per label) | single_cls (softmax + CE)
     mask_token_id: int|None = None  # mlm only
     seed: int = 0
     compile: bool = False  # torch.compile the model
@@ -85,11 +86,19 @@ def lr_factor(step:int, cfg:TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
 # %% ../nbs/21_trainer.ipynb #96bfd521
-def loss_sum(logits, # [B, T, V] in any dtype
-             labels, # [B, T], IGNORE where there is no target
-            ) -> torch.Tensor:
-    "Sum of the token cross-entropies (fp32)."
+def loss_sum(logits, # [B, T, V] token logits (clm, mlm) or [B, n_labels] (classification), in any dtype
+             labels, # [B, T] with IGNORE where there is no target; [B] class ids (single_cls); [B, n_labels] 0/1 (multi_cls)
+             objective:str='clm') -> torch.Tensor:
+    "Sum of the per-target losses (fp32): token cross-entropies, per-example cross-entropies, or per-label BCE terms."
+    if objective == 'multi_cls': return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction='sum')
+    if objective == 'single_cls': return F.cross_entropy(logits.float(), labels, reduction='sum')
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction='sum')
+
+def n_targets(labels, objective:str='clm') -> torch.Tensor:
+    "How many terms `loss_sum` adds up: target tokens, examples, or example-label pairs."
+    if objective == 'multi_cls': return torch.tensor(labels.numel(), device=labels.device)
+    if objective == 'single_cls': return torch.tensor(labels.shape[0], device=labels.device)
+    return (labels != IGNORE).sum()
 
 # %% ../nbs/21_trainer.ipynb #19fb1ced
 def rng_state() -> dict:
@@ -210,13 +219,14 @@ def _peak_mem_mb(device) -> float:
 # %% ../nbs/21_trainer.ipynb #f600dcca
 class Trainer:
     "Classical end-to-end training of a Rack or an HF model, resumable bit for bit."
-    def __init__(self, model:torch.nn.Module, # a Rack or an HF causal/masked LM
-                 train_data, # a BlockLoader (batches of [B, T+1] token blocks, with state_dict)
+    def __init__(self, model:torch.nn.Module, # a Rack or an HF causal/masked LM (a classifier for the classification objectives)
+                 train_data, # a BlockLoader (batches of [B, T+1] token blocks, or collated dicts for classification, with state_dict)
                  cfg:TrainConfig|None=None,
                  val_data=None, # a loader of validation blocks (its first `eval_batches` batches are used)
                  run:Run|None=None, # the run folder for metrics, charts, TensorBoard and checkpoints
                  accelerator=None, # an `accelerate.Accelerator` (one without mixed precision is made by default)
                  on_step=None, # called as on_step(trainer, step) after every optimizer step (tests use it to crash)
+                 flops_per_token:int|None=None, # training FLOPs per token for MFU (None: counted from the model)
                 ):
         from accelerate import Accelerator
         self.cfg, self.run, self.train_data, self.val_data, self.on_step = cfg or TrainConfig(), run, train_data, val_data, on_step
@@ -233,15 +243,17 @@ class Trainer:
         self.opt = make_optimizer(_param_groups(self.module, c.weight_decay), self.policy, lr=c.lr, betas=(c.beta1, c.beta2))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, c))
         self.scaler = grad_scaler(self.policy, self.acc.device)
-        vocab = getattr(getattr(model, 'cfg', None), 'vocab_size', None) or model.config.vocab_size
-        self.collate = CLMCollator() if c.objective == 'clm' else MLMCollator(c.mask_token_id, vocab)
+        self.collate = None  # classification loaders collate their own rows
+        if c.objective in LM_OBJECTIVES:
+            vocab = getattr(getattr(model, 'cfg', None), 'vocab_size', None) or model.config.vocab_size
+            self.collate = CLMCollator() if c.objective == 'clm' else MLMCollator(c.mask_token_id, vocab)
         self.step, self.tokens, self.best_val, self.best_step, self.bad_evals = 0, 0, math.inf, None, 0
-        self.history, self._fpt, self._tb, self._val = [], None, None, None
+        self.history, self._fpt, self._tb, self._val = [], flops_per_token, None, None
 
     @property
     def config_hash(self) -> str:
         "What must match for a checkpoint to be resumed: the training recipe and the model's shape."
-        model = getattr(self.module, 'cfg', None)
+        model = getattr(self.module, 'cfg', None) or getattr(getattr(self.module, 'rack', None), 'cfg', None)  # a Rack, or a head on one
         model = dataclasses.asdict(model) if model is not None else self.module.config.to_dict()
         recipe = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _UNHASHED}
         shapes = {n: list(p.shape) for n, p in self.module.state_dict().items()}
@@ -249,8 +261,10 @@ class Trainer:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 # %% ../nbs/21_trainer.ipynb #4d099a41
-def _batches(self:Trainer, blocks:list[torch.Tensor]) -> list[dict]:
+def _batches(self:Trainer, blocks:list) -> list[dict]:
     "Collate a step's global micro-batches together, split them again, keep this process's rows, move them to the device."
+    if self.collate is None:  # classification: the loader's batches are collated already
+        return [{k: v.chunk(self.world)[self.rank].to(self.acc.device) for k, v in b.items()} for b in blocks]
     x = torch.cat(blocks) if self.cfg.objective == 'clm' else torch.cat(blocks)[:, :-1]  # MLM reads the same T inputs as CLM
     full, B, out = self.collate(x), blocks[0].shape[0], []
     for i in range(len(blocks)):  # one collation: MLM's masks do not depend on how the step is split (4x2 == 1x8)
@@ -262,20 +276,25 @@ def _batches(self:Trainer, blocks:list[torch.Tensor]) -> list[dict]:
 def _logits(self:Trainer, b:dict):
     with autocast_ctx(self.policy, self.acc.device):
         out = self.model(input_ids=b['input_ids'], **({'attention_mask': b['attention_mask']} if 'attention_mask' in b else {}))
-    return out.logits if hasattr(out, 'logits') else out
+    return out['logits'] if isinstance(out, dict) else out  # HF outputs are dicts too
 
 def _global_sum(self:Trainer, x:torch.Tensor) -> torch.Tensor:
     return self.acc.reduce(x, 'sum') if self.world > 1 else x
 
-def train_step(self:Trainer, blocks:list[torch.Tensor]) -> dict:
-    "One optimizer step on `grad_accum` micro-batches of token blocks; returns its metrics."
+def _inputs(block) -> tuple[int, int]:
+    "Input tokens and sequence length of one global micro-batch: a [B, T+1] block or a collated batch."
+    x = block['input_ids'] if isinstance(block, dict) else block[:, :-1]
+    return x.numel(), x.shape[1]
+
+def train_step(self:Trainer, blocks:list) -> dict:
+    "One optimizer step on `grad_accum` micro-batches of token blocks (or collated batches); returns its metrics."
     self.model.train()
-    mbs = self._batches(blocks)
-    n = self._global_sum(sum((mb['labels'] != IGNORE).sum() for mb in mbs).float())
+    mbs, obj = self._batches(blocks), self.cfg.objective
+    n = self._global_sum(sum(n_targets(mb['labels'], obj) for mb in mbs).float())
     total = torch.zeros((), device=self.acc.device)
     for i, mb in enumerate(mbs):
         with self.acc.no_sync(self.model) if i < len(mbs) - 1 else nullcontext():
-            ls = loss_sum(self._logits(mb), mb['labels'])
+            ls = loss_sum(self._logits(mb), mb['labels'], obj)
             loss = ls * (self.world / n)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         total += ls.detach()
@@ -287,11 +306,11 @@ def train_step(self:Trainer, blocks:list[torch.Tensor]) -> dict:
     self.opt.zero_grad(set_to_none=True)
     self.sched.step()
     return dict(loss=(self._global_sum(total) / n).item(), lr=lr, grad_norm=gnorm.item(), n_targets=int(n.item()),
-                n_tokens=sum(b[:, :-1].numel() for b in blocks))  # input tokens of the global batch
+                n_tokens=sum(_inputs(b)[0] for b in blocks))  # input tokens of the global batch
 
 @torch.no_grad()
 def evaluate(self:Trainer) -> float|None:
-    "Mean token loss over the fixed validation batches (RNG forked: evaluation never shifts training's random stream)."
+    "Mean loss per target over the fixed validation batches (RNG forked: evaluation never shifts training's random stream)."
     if self.val_data is None: return None
     if self._val is None: self._val = _first_batches(self.val_data, self.cfg.eval_batches)
     self.model.eval()
@@ -300,7 +319,7 @@ def evaluate(self:Trainer) -> float|None:
         torch.manual_seed(self.cfg.seed + 1)  # MLM draws the same masks at every evaluation
         for block in self._val:
             b = self._batches([block])[0]
-            s += loss_sum(self._logits(b), b['labels']); n += (b['labels'] != IGNORE).sum()
+            s += loss_sum(self._logits(b), b['labels'], self.cfg.objective); n += n_targets(b['labels'], self.cfg.objective)
     return (self._global_sum(s) / self._global_sum(n)).item()
 
 def _first_batches(loader, n:int) -> list:
@@ -430,7 +449,7 @@ def fit(self:Trainer, resume:bool|str|Path=False, # True: this run's latest chec
         self.step += 1; self.tokens += m['n_tokens']
         tps = m['n_tokens'] / dt
         row = dict(step=self.step, loss=m['loss'], lr=m['lr'], grad_norm=m['grad_norm'], targets=m['n_targets'], tokens=self.tokens,
-                   tokens_per_s=tps, mfu=self._mfu(tps, blocks[0].shape[1] - 1), peak_mem_mb=_peak_mem_mb(self.acc.device),
+                   tokens_per_s=tps, mfu=self._mfu(tps, _inputs(blocks[0])[1]), peak_mem_mb=_peak_mem_mb(self.acc.device),
                    step_s=dt, scale=self.scaler.get_scale() if self.scaler else None)
         if c.eval_every and (self.step % c.eval_every == 0 or self.step == c.max_steps):
             row['val_loss'] = self.evaluate()
