@@ -17,9 +17,9 @@ from .core import StackwiseError
 from .rack import Rack, count_parameters
 
 # %% auto #0
-__all__ = ['LogitsLM', 'study_texts', 'study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'shaped_config', 'match_parameters',
-           'build_model', 'train_study_run', 'seed_table', 'plot_seed_curves', 'plot_seed_bars', 'study_header',
-           'compare_models', 'tests_table']
+__all__ = ['LogitsLM', 'study_texts', 'study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config',
+           'match_parameters', 'build_model', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves',
+           'plot_seed_bars', 'study_header', 'compare_models', 'named_verdict', 'tests_table']
 
 # %% ../nbs/36_studies.ipynb #0a3c95d4
 class LogitsLM(nn.Module):
@@ -112,26 +112,40 @@ def llama_ffn(d_model:int, multiple:int=8) -> int:
     "LLaMA's SwiGLU width: two thirds of 4 d, rounded up to a multiple of `multiple`."
     return multiple * math.ceil(8 * d_model / 3 / multiple)
 
-def shaped_config(family:str, # gpt2 | llama
-                  d_model:int, n_layers:int, n_heads:int, vocab_size:int, max_seq_len:int, dropout:float=0.0) -> ModelConfig:
-    "A GPT-2-shaped (learned positions, GELU, LayerNorm, biases, tied head) or LLaMA-shaped (RoPE, SwiGLU, RMSNorm, no biases, untied head) config of this size."
-    over = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab_size, max_seq_len=max_seq_len, dropout=dropout)
-    if family == 'gpt2': return load_config('decoder/gpt2_family/small', over | dict(d_ff=4 * d_model))
-    if family == 'llama': return load_config('decoder/llama_family/7b', over | dict(d_ff=llama_ffn(d_model), n_kv_heads=n_heads))
+def recipe_ffn(family:str, d_model:int) -> int:
+    "The FFN width of the family's recipe: 4 d for GPT-2, LLaMA's SwiGLU width for LLaMA."
+    if family == 'gpt2': return 4 * d_model
+    if family == 'llama': return llama_ffn(d_model)
     raise StackwiseError(f'unknown family {family!r}: use gpt2 or llama')
+
+def shaped_config(family:str, # gpt2 | llama
+                  d_model:int, n_layers:int, n_heads:int, vocab_size:int, max_seq_len:int, dropout:float=0.0,
+                  d_ff:int|None=None, # FFN width (None: the recipe's, `recipe_ffn`)
+                 ) -> ModelConfig:
+    "A GPT-2-shaped (learned positions, GELU, LayerNorm, biases, tied head) or LLaMA-shaped (RoPE, SwiGLU, RMSNorm, no biases, untied head) config of this size."
+    over = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab_size, max_seq_len=max_seq_len, dropout=dropout,
+                d_ff=d_ff or recipe_ffn(family, d_model))
+    if family == 'gpt2': return load_config('decoder/gpt2_family/small', over)
+    return load_config('decoder/llama_family/7b', over | dict(n_kv_heads=n_heads))
 
 def match_parameters(family:str, target:int, # parameters to match
                      n_layers:int, n_heads:int, vocab_size:int, max_seq_len:int, dropout:float=0.0) -> tuple[ModelConfig, int]:
-    "The `family` config at this depth and head count whose d_model (a multiple of 2 n_heads, for RoPE) gives the parameter count nearest `target`, and that count."
+    "The `family` config at this depth and head count with the parameter count nearest `target`, and that count: the d_model (a multiple of 2 n_heads, for RoPE) on either side of the target, each with the FFN width solved for the target, whichever keeps d_ff nearer the recipe's ratio."
     step = 2 * n_heads
-    count = lambda m: count_parameters(shaped_config(family, m * step, n_layers, n_heads, vocab_size, max_seq_len, dropout))
+    count = lambda m, f=None: count_parameters(shaped_config(family, m * step, n_layers, n_heads, vocab_size, max_seq_len, dropout, f))
     lo, hi = 1, 1
     while count(hi) < target: lo, hi = hi, hi * 2  # counts grow with d_model: bracket, then bisect
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
-    best = min((lo, hi), key=lambda m: abs(count(m) - target))
-    return shaped_config(family, best * step, n_layers, n_heads, vocab_size, max_seq_len, dropout), count(best)
+    def solve(m):  # the count is linear in d_ff: one more FFN unit per layer adds `per` parameters
+        f0 = recipe_ffn(family, m * step)
+        per = count(m, f0 + 1) - count(m, f0)
+        f = max(1, f0 + round((target - count(m, f0)) / per))
+        return m, f, abs(math.log(f / f0))
+    m, f, _ = min((solve(m) for m in {lo, hi}), key=lambda s: s[2])
+    cfg = shaped_config(family, m * step, n_layers, n_heads, vocab_size, max_seq_len, dropout, f)
+    return cfg, count_parameters(cfg)
 
 # %% ../nbs/36_studies.ipynb #c6ac259f
 def build_model(kind:str, # bdh | gpt2 | llama (a Rack of `config`) | backpack | standard
@@ -147,7 +161,9 @@ def build_model(kind:str, # bdh | gpt2 | llama (a Rack of `config`) | backpack |
     raise StackwiseError(f'unknown model kind {kind!r}: use bdh, gpt2, llama, backpack or standard')
 
 # %% ../nbs/36_studies.ipynb #609bb6f2
-def train_study_run(spec:dict) -> dict:
+def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (TrainConfig fields), `run_dir`
+                    base:float|None=None, # the process's resident MiB before its first run (None: now)
+                   ) -> dict:
     "Train one model of a study with the classical `Trainer` into `spec['run_dir']` (metrics.csv, metrics.json, charts/), restore its best validation checkpoint, and measure it."
     from safetensors.torch import load_model
     from stackwise.cache import rss_mb
@@ -157,7 +173,7 @@ def train_study_run(spec:dict) -> dict:
     from stackwise.tokenization import bits_per_byte
     from stackwise.trainer import Trainer, TrainConfig, _peak_mem_mb, load_checkpoint
     torch.set_num_threads(spec.get('threads', 1))
-    base = rss_mb()
+    base = rss_mb() if base is None else base
     texts = study_texts(spec['data'], spec.get('data_root'), spec.get('val_fraction', 0.1))
     tok = study_tokenizer(spec.get('tokenizer', 'bytes'), texts['train'])
     T, B, seed = spec['block_size'], spec['batch_size'], spec.get('seed', 0)
@@ -202,6 +218,13 @@ def train_study_run(spec:dict) -> dict:
     if not spec.get('keep_checkpoints', False): shutil.rmtree(ck, ignore_errors=True)
     run.finish(**res)
     return res
+
+def train_study_runs(spec:dict, # `runs`: a list of `train_study_run` specs, one model's seeds
+                    ) -> dict:
+    "`train_study_run` of each spec in turn, in this process (`depth.run_fresh` runs it in a new one): `{'results': [...]}`."
+    from stackwise.cache import rss_mb
+    base = rss_mb()
+    return dict(results=[train_study_run(s, base) for s in spec['runs']])
 
 # %% ../nbs/36_studies.ipynb #9f23f7e3
 def seed_table(df:pd.DataFrame, # one row per run: `model` and the figure columns
@@ -277,6 +300,11 @@ def compare_models(df:pd.DataFrame, # one row per run: `model`, `seed` and the f
     vals = lambda m, c: df[df.model == m].sort_values('seed')[c].astype(float).tolist()
     return [dict(comparison=f'{first} vs {o}', metric=c, **compare_seeds(vals(first, c), vals(o, c))) for o in others for c in metrics]
 
+def named_verdict(row:dict) -> str:
+    "A `compare_models` row's verdict with the models' names for a and b."
+    a, b = row['comparison'].split(' vs ')
+    return row['verdict'].replace('a < b', f'{a} < {b}', 1).replace('a > b', f'{a} > {b}', 1)
+
 def tests_table(tests:list[dict], # `compare_seeds` rows with `comparison` and `metric`
                ) -> pd.DataFrame:
     "The significance tests as a page shows them: mean ± sd (n) per side, the difference, the test's t and p, the permutation p, the verdict."
@@ -285,4 +313,4 @@ def tests_table(tests:list[dict], # `compare_seeds` rows with `comparison` and `
     return pd.DataFrame({'comparison': t.comparison, 'metric': t.metric,
                          'first': [fmt(*r) for r in zip(t.mean_a, t.std_a, t.n_a)], 'second': [fmt(*r) for r in zip(t.mean_b, t.std_b, t.n_b)],
                          'difference': t['diff'], 'test': t.test, 't': t.t, 'p': t.p, 'permutation p': t.perm_p,
-                         'permutation': ['exact' if e else 'sampled' for e in t.perm_exact], 'verdict': t.verdict})
+                         'permutation': ['exact' if e else 'sampled' for e in t.perm_exact], 'verdict': [named_verdict(r) for r in tests]})

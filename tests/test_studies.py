@@ -10,12 +10,13 @@ import yaml
 from stackwise.bdh import BDHConfig, bdh_parameters, bdh_seed001
 from stackwise.core import StackwiseError, write_json
 from stackwise.rack import count_parameters
+from stackwise import studies
 from stackwise.studies import (compare_models, match_parameters, pretrained_backpack, seed_table, shaped_config, study_header,
-                               study_texts, tests_table, train_study_run)
+                               study_texts, train_study_run)
 from stackwise.tokenization import bits_per_byte
 
-# the bdh study's claim: baselines within 1% of BDH's parameter count, at its CPU default and at seed 001's shape
-TOLERANCE = 0.01
+# the bdh study's claim: baselines within 0.5% of BDH's parameter count, at its CPU default and at seed 001's shape
+TOLERANCE = 0.005
 
 
 @pytest.mark.parametrize('bdh', [BDHConfig(vocab_size=260, d_model=64, n_layers=6, n_heads=4, n_neurons=1024),
@@ -27,6 +28,7 @@ def test_equal_parameters(bdh, family):
     assert n == count_parameters(cfg)  # the count reported is the model's own
     assert (cfg.n_layers, cfg.n_heads, cfg.d_model % (2 * cfg.n_heads)) == (bdh.n_layers, bdh.n_heads, 0)
     assert abs(n / target - 1) <= TOLERANCE, (family, cfg.d_model, n, target)
+    assert 0.75 <= cfg.d_ff / shaped_config(family, cfg.d_model, 1, bdh.n_heads, 260, 256).d_ff <= 1.25  # the FFN stays near its recipe
 
 
 def test_shaped_config_recipes():
@@ -63,10 +65,10 @@ def test_pretrained_backpack_offline_error(tmp_path, monkeypatch):
 def test_seed_tables_and_tests():
     df = pd.DataFrame(dict(model=['a'] * 3 + ['b'] * 3, seed=[0, 1, 2] * 2, loss=[1.50, 1.52, 1.49, 1.60, 1.63, 1.58]))
     s = seed_table(df, ['loss'])
-    assert s.loc['a', 'loss mean'] == pytest.approx(1.57 - 0.06, abs=1e-12) and s.loc['b', 'loss count'] == 3
+    assert s.loc['a', 'loss mean'] == pytest.approx(4.51 / 3, abs=1e-12) and s.loc['b', 'loss count'] == 3
     rows = compare_models(df, 'a', ['b'], ['loss'])
     assert rows[0]['comparison'] == 'a vs b' and rows[0]['diff'] == pytest.approx(-0.1, abs=1e-12)
-    t = tests_table(rows)
+    t = studies.tests_table(rows)  # (not imported by name: pytest would collect it)
     assert t.loc[0, 'first'] == '1.503 ± 0.015 (n=3)' and t.loc[0, 'permutation'] == 'exact'
     assert t.loc[0, 'p'] < 0.01 and t.loc[0, 'permutation p'] == pytest.approx(0.1)  # 1 in C(6, 3) = 20 relabellings, two-sided
 
