@@ -679,6 +679,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'stackwise.studies.seed_table': ('studies.html#seed_table', 'stackwise/studies.py'),
                                    'stackwise.studies.shaped_config': ('studies.html#shaped_config', 'stackwise/studies.py'),
                                    'stackwise.studies.study_header': ('studies.html#study_header', 'stackwise/studies.py'),
+                                   'stackwise.studies.study_page': ('studies.html#study_page', 'stackwise/studies.py'),
                                    'stackwise.studies.study_texts': ('studies.html#study_texts', 'stackwise/studies.py'),
                                    'stackwise.studies.study_tokenizer': ('studies.html#study_tokenizer', 'stackwise/studies.py'),
                                    'stackwise.studies.tests_table': ('studies.html#tests_table', 'stackwise/studies.py'),

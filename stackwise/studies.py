@@ -19,7 +19,7 @@ from .rack import Rack, count_parameters
 # %% auto #0
 __all__ = ['LogitsLM', 'study_texts', 'study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config',
            'match_parameters', 'build_model', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves',
-           'plot_seed_bars', 'study_header', 'compare_models', 'named_verdict', 'tests_table']
+           'plot_seed_bars', 'study_header', 'compare_models', 'named_verdict', 'tests_table', 'study_page']
 
 # %% ../nbs/36_studies.ipynb #0a3c95d4
 class LogitsLM(nn.Module):
@@ -314,3 +314,24 @@ def tests_table(tests:list[dict], # `compare_seeds` rows with `comparison` and `
                          'first': [fmt(*r) for r in zip(t.mean_a, t.std_a, t.n_a)], 'second': [fmt(*r) for r in zip(t.mean_b, t.std_b, t.n_b)],
                          'difference': t['diff'], 'test': t.test, 't': t.t, 'p': t.p, 'permutation p': t.perm_p,
                          'permutation': ['exact' if e else 'sampled' for e in t.perm_exact], 'verdict': [named_verdict(r) for r in tests]})
+
+# %% ../nbs/36_studies.ipynb #f6696bae
+def study_page(experiment:str, # bdh, backpack
+               root:str|Path|None=None, # results folder (see `runs.results_root`)
+              ) -> tuple:
+    "Show a report page's opening (the latest complete run's `study_header`, the earlier runs left out, or how to make one) and return that run folder, its metrics and a function that shows one of its charts; `(None, None, None)` when there is none."
+    from IPython.display import Image, Markdown, display
+    from stackwise.core import read_json
+    from stackwise.runs import load_runs
+    done = load_runs(experiment, root)
+    if done.empty:
+        display(Markdown(f'No complete {experiment} runs yet: `make experiment NB={experiment}` (with `STACKWISE_DATA` pointing at the data).'))
+        return None, None, None
+    last = Path(done.iloc[-1].path)
+    display(Markdown(study_header(last)))
+    others = [r for r in done.run_id if r != last.name]
+    if others: display(Markdown('Earlier complete runs, not shown: ' + ', '.join(f'`{r}`' for r in others) + '.'))
+    def chart(name:str):
+        p = last/'charts'/f'{name}.png'
+        display(Image(filename=str(p)) if p.exists() else Markdown(f'(chart {name} missing from the run folder)'))
+    return last, read_json(last/'metrics.json'), chart

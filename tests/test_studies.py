@@ -91,3 +91,21 @@ def test_study_header(tmp_path):
     _fake_run(tmp_path/'synthetic', False)
     h = study_header(tmp_path/'synthetic')
     assert 'Embedded fallback' in h and 'not tinyshakespeare' in h and 'STACKWISE_DATA' in h
+
+
+def test_study_page(tmp_path, monkeypatch):
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython.display, 'display', lambda o: shown.append(getattr(o, 'data', None) or getattr(o, 'filename', None)))
+    last, m, chart = studies.study_page('bdh', tmp_path)
+    assert last is None and 'No complete bdh runs yet' in shown[-1]
+    (tmp_path/'bdh').mkdir()
+    _fake_run(tmp_path/'bdh'/'20260101-000000-aaaaa', True)
+    _fake_run(tmp_path/'bdh'/'20260102-000000-bbbbb', False)
+    shown.clear()
+    last, m, chart = studies.study_page('bdh', tmp_path)
+    out = '\n'.join(shown)
+    assert last.name == '20260102-000000-bbbbb' and m['data_real'] is False
+    assert 'Embedded fallback' in out and 'Earlier complete runs, not shown: `20260101-000000-aaaaa`' in out
+    chart('val_bpb')
+    assert 'chart val_bpb missing' in shown[-1]
