@@ -52,7 +52,8 @@ def study_texts(data:str, # a registry name (tinyshakespeare, europarl_fr_en, wi
         if local or hub_reachable():
             ds = load_dataset(data, split, root=root)
             if spec['task'] == 'translation':  # both sides of every pair, as separate documents; pairs stay on one side of the cut
-                pairs = ds['translation']
+                # the hub's rows hold a {language: sentence} dict; a local parallel copy, source and target columns (the spec's languages, in order)
+                pairs = list(ds['translation']) if 'translation' in ds.column_names else [dict(zip(spec['languages'], r)) for r in zip(ds['source'], ds['target'])]
                 cut = int(len(pairs) * (1 - val_fraction))
                 langs = list(pairs[0])
                 docs = lambda rows: [r[l] for r in rows for l in langs if r[l].strip()]

@@ -55,6 +55,18 @@ def test_texts_fall_back_loudly(tmp_path, monkeypatch):
     assert not t['real'] and t['source'].startswith('SYNTHETIC') and 'tinyshakespeare' in t['source']
 
 
+def test_texts_local_parallel_copy(tmp_path, monkeypatch):
+    # a local Europarl copy (one file per language, line-aligned): both sides of every pair, the last pairs held out whole
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    d = tmp_path/'europarl_fr_en'; d.mkdir()
+    fr, en = [f'phrase {i}' for i in range(10)], [f'sentence {i}' for i in range(10)]
+    (d/'europarl-v7.fr-en.first3000.fr').write_text('\n'.join(fr) + '\n')
+    (d/'europarl-v7.fr-en.first3000.en').write_text('\n'.join(en) + '\n')
+    t = study_texts('europarl_fr_en', root=tmp_path, val_fraction=0.2)
+    assert t['real'] and '10 aligned fr-en sentence pairs' in t['source']
+    assert t['train'] == [s for p in zip(fr[:8], en[:8]) for s in p] and t['val'] == ['phrase 8', 'sentence 8', 'phrase 9', 'sentence 9']
+
+
 def test_pretrained_backpack_offline_error(tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('HF_HOME', str(tmp_path/'hf'))  # an empty cache
