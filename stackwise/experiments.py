@@ -104,4 +104,6 @@ def run_experiment(name:str, # experiment notebook nbs/<name>.ipynb
     return run
 
 # %% ../nbs/03_experiments.ipynb #0cf90d69
-DEFAULT_EXPERIMENTS = {'hardware': dict(size=1024)}
+DEFAULT_EXPERIMENTS = {'hardware': dict(size=1024),
+                       'backpack': dict(),  # seed 002 at CPU size: 2 models x 3 seeds (~2 min on one core)
+                       'bdh': dict()}  # seed 001 at CPU size: 3 models x 3 seeds (~4 min on one core)
