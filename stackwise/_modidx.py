@@ -576,6 +576,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'stackwise.plan._place': ('plan.html#_place', 'stackwise/plan.py'),
                                 'stackwise.plan._rows_e2e': ('plan.html#_rows_e2e', 'stackwise/plan.py'),
                                 'stackwise.plan._rows_layerwise': ('plan.html#_rows_layerwise', 'stackwise/plan.py'),
+                                'stackwise.plan.backward_overlap': ('plan.html#backward_overlap', 'stackwise/plan.py'),
                                 'stackwise.plan.check_gpu': ('plan.html#check_gpu', 'stackwise/plan.py'),
                                 'stackwise.plan.fits': ('plan.html#fits', 'stackwise/plan.py'),
                                 'stackwise.plan.fmt_bytes': ('plan.html#fmt_bytes', 'stackwise/plan.py'),

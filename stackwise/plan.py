@@ -32,8 +32,8 @@ from .rack import Rack, count_parameters, flops_per_token
 __all__ = ['GPUS', 'GPU_RUNTIME_BYTES', 'ACTIVATION_MODELS', 'PLAN_MODES', 'parse_size', 'fmt_bytes', 'fmt_seconds', 'check_gpu',
            'state_bytes_per_param', 'korthikanti_activation_bytes', 'stackwise_activation_bytes',
            'head_activation_bytes', 'traced_activation_bytes', 'frozen_bytes', 'PlanSetup', 'layer_activation_bytes',
-           'plan_memory', 'fits', 'plan_flops', 'plan_time', 'plan', 'format_plan', 'verdict', 'peak_components',
-           'plot_plans', 'token_batches', 'layerwise_run', 'save_frozen_rack', 'load_frozen_rack']
+           'backward_overlap', 'plan_memory', 'fits', 'plan_flops', 'plan_time', 'plan', 'format_plan', 'verdict',
+           'peak_components', 'plot_plans', 'token_batches', 'layerwise_run', 'save_frozen_rack', 'load_frozen_rack']
 
 # %% ../nbs/51_plan.ipynb #a475ec31
 _UNITS = {'': 1, 'b': 1, 'k': 1e3, 'kb': 1e3, 'm': 1e6, 'mb': 1e6, 'g': 1e9, 'gb': 1e9, 't': 1e12, 'tb': 1e12, 'p': 1e15, 'pb': 1e15,
@@ -212,10 +212,18 @@ def _rows_layerwise(su:PlanSetup, parts:dict) -> list:
         rows.append(('fp32 master copies', c.n_layers * 4 * parts['block'], 'masters', f'{c.n_layers} blocks x {parts["block"]:,} x 4 B'))
     return rows
 
+def backward_overlap(su:PlanSetup) -> dict:
+    "What the backward pass holds together: `top_grads`, the gradients made while every activation is still held (e2e: the head's and the top block's; layerwise: all, the one block's), and `bottom_acts`, the activations still held when every gradient is made (e2e: the bottom block's; layerwise: all)."
+    c, g = su.cfg, state_bytes_per_param(su.dtype)['grads']
+    parts = _parts(c)
+    if su.mode == 'layerwise': return dict(top_grads=g * (parts['block'] + parts['head']), bottom_acts=layer_activation_bytes(su) + head_activation_bytes(c, su.batch, su.seq, su.dtype))
+    return dict(top_grads=g * (parts['block'] + parts['head']), bottom_acts=layer_activation_bytes(su))
+
 def _peak(df:pd.DataFrame, place:str) -> float:
-    "A place's peak: what stays (weights, optimizer, frozen parts, cache) plus the larger of the activations and the gradients (zeroed with set_to_none, never both whole)."
+    "A place's peak: what stays (weights, optimizer, frozen parts, cache) plus the backward pass's high point: all activations and the top unit's gradients, or all gradients and the bottom unit's activations."
     d = df[df['where'] == place]
-    return d[~d.kind.isin(['acts', 'grads'])].bytes.sum() + max(d[d.kind == 'acts'].bytes.sum(), d[d.kind == 'grads'].bytes.sum())
+    acts, grads, bw = d[d.kind == 'acts'].bytes.sum(), d[d.kind == 'grads'].bytes.sum(), df.attrs['backward']
+    return d[~d.kind.isin(['acts', 'grads'])].bytes.sum() + max(acts + min(bw['top_grads'], grads), min(bw['bottom_acts'], acts) + grads)
 
 def _place(su:PlanSetup, rows:list) -> pd.DataFrame:
     "Put each component where it goes: what a step touches on the training device; the trunk, then the cache, on it when they fit, else host, else disk."
@@ -225,6 +233,7 @@ def _place(su:PlanSetup, rows:list) -> pd.DataFrame:
     runtime = su.runtime if su.runtime is not None else GPU_RUNTIME_BYTES if su.gpu else 0.0
     if runtime: df.loc[len(df)] = ('runtime', runtime, 'runtime', 'CUDA context, workspaces, allocator slack' if su.gpu else 'measured floor', dev)
     cap = dict(gpu=check_gpu(su.gpu)['memory'] if su.gpu else 0.0, host=su.host_ram, disk=su.disk)
+    df.attrs['backward'] = backward_overlap(su)
     fits_at = lambda place: _peak(df, place) <= cap[place]
     if su.gpu and su.keep_masters and (df.kind == 'trunk').any() and not fits_at('gpu'):
         # offloaded: FrozenUnits keeps fp32 copies in host memory (or files on disk) and brings one block at a time to the GPU in frozen form
@@ -318,6 +327,7 @@ def verdict(p:dict) -> str:
     s = (f'{su.mode} fits one {where}' if not bad else
          f'{su.mode} does NOT fit one {where}: ' + ', '.join(f'{k} needs {fmt_bytes(p["peak"][k])} of {fmt_bytes(p["capacity"][k])}' for k in bad))
     if 'disk' in bad and (p['table'].kind == 'masters').any(): s += ' (the fp32 master copies: keep_masters=False, `--no-masters`, keeps none)'
+    if bad and su.gpu and 'gpu' not in bad: s += f'; its GPU peak, {fmt_bytes(p["peak"]["gpu"])} of {fmt_bytes(p["capacity"]["gpu"])}, fits'
     if 'time' in p:
         tm = p['time']
         s += (f'; {tm["tokens"]:.3g} tokens ({tm["tokens"] / p["params"]:.1f} per parameter; Chinchilla is about 20) would take '
@@ -329,10 +339,12 @@ _COLORS = {'weights': 'tab:blue', 'gradients': 'tab:orange', 'optimizer': 'tab:r
            'frozen trunk': 'tab:purple', 'activation cache': 'tab:olive', 'runtime': 'tab:gray', 'trunk block in use': 'tab:pink'}
 
 def peak_components(table:pd.DataFrame, place:str='gpu') -> pd.Series:
-    "The bytes at `place` at its peak, per component: gradients or activations, whichever is larger, stand for the backward phase."
-    d = table[table['where'] == place]
-    big = 'acts' if d[d.kind == 'acts'].bytes.sum() >= d[d.kind == 'grads'].bytes.sum() else 'grads'
-    return d[~d.kind.isin({'acts', 'grads'} - {big})].set_index('component').bytes
+    "The bytes at `place` at its peak, per component: the activations and gradients the backward pass holds together at its high point (`backward_overlap`)."
+    d = table[table['where'] == place].set_index('component')
+    acts, grads, bw = d[d.kind == 'acts'].bytes.sum(), d[d.kind == 'grads'].bytes.sum(), table.attrs['backward']
+    top = acts + min(bw['top_grads'], grads) >= min(bw['bottom_acts'], acts) + grads  # the top end: all activations, some gradients
+    keep = {'acts': 1.0, 'grads': min(bw['top_grads'], grads) / grads if grads else 0.0} if top else {'acts': min(bw['bottom_acts'], acts) / acts if acts else 0.0, 'grads': 1.0}
+    return d.bytes * d.kind.map(keep).fillna(1.0)
 
 def plot_plans(plans:dict, # label -> a `plan()` result
                place:str='gpu', title:str='', ymax:float|None=None): # GB: cut the axis there (bars above it are labelled)

@@ -61,14 +61,21 @@ def test_frozen_bytes_by_hand():
     assert sp.frozen_bytes(lin, 'bf16') == 2 * n
 
 
-def test_peak_is_the_larger_of_activations_and_gradients():
+def test_peak_holds_the_backward_overlap():
+    "Layerwise: one block and the head learn, so their activations and gradients are held together; e2e: all activations and the top block's gradients, or all gradients and the bottom block's activations."
     cfg = load_config('decoder/llama_family/tiny', ['n_layers=4'])
     p = sp.plan(cfg, 'layerwise', None, batch=2, seq=64, dtype='fp32', frozen_dtype='int8', cache_batches=3)
     t = p['table'].set_index('component')
     host = t[t['where'] == 'host'].bytes
     stays = host.drop(['activations', 'gradients']).sum()
-    assert p['peak']['host'] == stays + max(host['activations'], host['gradients'])
+    assert p['peak']['host'] == stays + host['activations'] + host['gradients']
     assert t.bytes['activation cache'] == 3 * 2 * 64 * cfg.d_model * 2  # bf16 cache by default
+    rack = Rack(cfg)
+    block, head = count_parameters(rack.blocks[0]), count_parameters(nn.ModuleList([rack.final_norm, rack.lm_head]))
+    e = sp.plan(cfg, 'e2e', None, batch=2, seq=64, dtype='fp32')
+    t = e['table'].set_index('component').bytes
+    layer = sp.stackwise_activation_bytes(cfg, 2, 64, 'fp32')
+    assert e['peak']['host'] == t['weights'] + t['optimizer'] + max(t['activations'] + 4 * (block + head), layer + t['gradients'])
 
 
 def test_70b_verdicts_and_time():
