@@ -102,9 +102,17 @@ def check_quantizable(block:nn.Module, dtype:str, device='cpu'):
         raise StackwiseError(f"frozen_dtype='nf4' on the CPU needs Linear layers whose inputs are a multiple of 64 (bitsandbytes' 4-bit block size); "
                              f"this model's blocks have inputs of {bad}: use frozen_dtype='int8' or 'bf16', or make d_model and d_ff multiples of 64")
 
+def _quant_tensors(p) -> list:
+    "The tensors bitsandbytes keeps beside a quantized weight: int8's per-row scales (`SCB`), nf4's block absmax and codes (nested too)."
+    out, qs = [getattr(p, 'SCB', None)], getattr(p, 'quant_state', None)
+    while qs is not None:
+        out += [qs.absmax, qs.code, getattr(qs, 'offset', None)]
+        qs = getattr(qs, 'state2', None)
+    return [t for t in out if torch.is_tensor(t)]
+
 def module_bytes(modules) -> int:
-    "Bytes of the parameters and buffers of `modules` as stored (a 4-bit matrix counts its packed bytes)."
-    ts = {id(t): t for m in modules for t in (*m.parameters(), *m.buffers())}.values()
+    "Bytes of the parameters and buffers of `modules` as stored: a 4-bit matrix counts its packed bytes, and bitsandbytes' scales and codes count too."
+    ts = {id(t): t for m in modules for p in (*m.parameters(), *m.buffers()) for t in (p, *_quant_tensors(p))}.values()
     return sum(t.numel() * t.element_size() for t in ts if t.device.type != 'meta')
 
 def _unit_state(blocks, layers) -> dict:
@@ -116,8 +124,12 @@ class FrozenUnits:
     def __init__(self, build_block, # build_block(layer) -> a fresh Block, to load weights back into
                  dtype:str='fp32', offload:str='none', device='cpu',
                  folder=None, # where fp32 master copies go (a temporary folder by default)
-                 compute_dtype:torch.dtype=torch.float32): # the matmul dtype of int8/nf4 layers
+                 compute_dtype:torch.dtype=torch.float32, # the matmul dtype of int8/nf4 layers
+                 masters:bool=True): # keep each bf16/int8/nf4 unit's fp32 weights on disk (to thaw, restore or resume it); False: a trunk larger than the disk
         check_choice(dtype, FROZEN_DTYPES, 'frozen dtype'); check_choice(offload, OFFLOADS, 'offload')
+        if not masters and offload != 'none':
+            raise StackwiseError(f"masters=False keeps frozen units only in their frozen form, on the device; offload={offload!r} needs their fp32 copies: use offload='none'")
+        self.masters = masters
         self.build_block, self.dtype, self.offload, self.device, self.compute_dtype = build_block, dtype, offload, torch.device(device), compute_dtype
         self._folder, self._tmp = Path(folder) if folder else None, None
         self.layers, self.resident, self.host, self.nbytes = {}, {}, {}, {}
@@ -152,7 +164,7 @@ class FrozenUnits:
 
     def freeze(self, unit:int, layers:list[int], blocks:list[nn.Module]) -> list[nn.Module]:
         "Freeze a trained unit; returns what the Rack keeps at its place: the frozen blocks, or (offloaded) empty ones on the meta device."
-        if self.offload == 'disk' or (self.dtype != 'fp32' and not self.master_path(unit).exists()): self.save_master(unit, layers, blocks)
+        if self.offload == 'disk' or (self.masters and self.dtype != 'fp32' and not self.master_path(unit).exists()): self.save_master(unit, layers, blocks)
         self.layers[unit] = list(layers)
         if self.offload == 'cpu': self.host[unit] = {k: v.cpu() for k, v in _unit_state(blocks, layers).items()}
         if self.offload != 'none':
@@ -167,6 +179,9 @@ class FrozenUnits:
         if unit in self.host: return self.host[unit]
         if unit in self.resident and self.dtype == 'fp32': return _unit_state(self.resident[unit], self.layers[unit])
         from safetensors.torch import load_file
+        if not self.master_path(unit).exists():
+            raise StackwiseError(f'unit {unit} was frozen in {self.dtype} without its fp32 weights (masters=False): it cannot be thawed or restored; '
+                                 f'train with masters=True to train it again')
         return load_file(str(self.master_path(unit)))
 
     def restore(self, unit:int, frozen:bool=True) -> list[nn.Module]:

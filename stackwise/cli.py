@@ -34,6 +34,17 @@ def _model(a):
     print(f'total parameters: {rack.count_parameters(cfg):,}')
     print(f'training FLOPs per token at T={cfg.max_seq_len}: {rack.flops_per_token(cfg):.4g}')
 
+def _plan(a):
+    from stackwise import plan as sp
+    kw = dict(batch=a.batch, seq=a.seq, dtype=a.dtype, frozen_dtype=a.frozen_dtype, cache_dtype=a.cache_dtype, cache_batches=a.cache_batches,
+              activations=a.activations, host_ram=a.host_ram, disk=a.disk, keep_masters=not a.no_masters)
+    gpu = None if a.gpu == 'cpu' else a.gpu
+    modes = [a.mode] + (['e2e'] if a.mode != 'e2e' else [])
+    plans = [sp.plan(a.config, m, gpu, tokens=a.tokens, mfu=a.mfu, overrides=a.set, **kw) for m in modes]
+    print(f'{a.config} on one {gpu.upper() if gpu else "CPU"} (host RAM {sp.fmt_bytes(plans[0]["capacity"]["host"])}, disk {sp.fmt_bytes(plans[0]["capacity"]["disk"])})\n')
+    for p in plans: print(sp.format_plan(p) + '\n')
+    for p in plans: print(sp.verdict(p))
+
 def _experiment(a):
     from stackwise import experiments
     if a.list or not a.name:
@@ -221,6 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='overrides, e.g. --set n_layers=4 d_model=256')
     s.add_argument('--list', action='store_true', help='list the shipped presets')
     s.set_defaults(func=_model)
+
+    s = sub.add_parser('plan', help='memory and time of training a preset before training it: per component, where it lives, whether it fits (layerwise against e2e)')
+    s.add_argument('--config', required=True, help='preset name (e.g. decoder/llama_family/70b) or YAML path')
+    s.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='model overrides, e.g. --set n_layers=4')
+    s.add_argument('--mode', default='layerwise', help='layerwise (left2right, input cached, trunk frozen) or e2e; layerwise also prints e2e as the contrast')
+    s.add_argument('--gpu', default='h200', help='h100, h200, a100, or cpu (everything in host memory)')
+    s.add_argument('--host-ram', default='128G', help='host memory, e.g. 128G, 512GiB')
+    s.add_argument('--disk', default='64G', help='disk space, e.g. 64G, 2T')
+    s.add_argument('--tokens', default='1.4e12', help='tokens each layer trains on (e2e: in all), e.g. 1.4e12 (Chinchilla for 70B)')
+    s.add_argument('--mfu', type=float, default=0.4, help='model FLOPs utilisation, a fraction of the dense bf16 datasheet peak')
+    s.add_argument('--batch', type=int, default=1, help='sequences per step')
+    s.add_argument('--seq', type=int, default=2048, help='tokens per sequence')
+    s.add_argument('--dtype', default='amp_bf16', help='dtype policy: fp32, amp_bf16, bf16_pure, amp_bf16_8bit, ...')
+    s.add_argument('--frozen-dtype', default='nf4', help='layerwise: the frozen trunk in fp32, bf16, int8 or nf4')
+    s.add_argument('--cache-dtype', default='bf16', help='layerwise: the activation cache in fp32, bf16 or fp16')
+    s.add_argument('--cache-batches', type=int, default=20, help='layerwise: batches whose stage input is cached')
+    s.add_argument('--activations', default='stackwise', help="stackwise (what this code's blocks save) or korthikanti (the paper's GPT layer)")
+    s.add_argument('--no-masters', action='store_true', help='layerwise: no fp32 copy of each frozen layer on disk (what a 70B run needs)')
+    s.set_defaults(func=_plan)
 
     s = sub.add_parser('experiment', help='run an experiment notebook (papermill) into a new run folder')
     s.add_argument('name', nargs='?', help='experiment notebook nbs/NAME.ipynb; omit to list them')

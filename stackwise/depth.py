@@ -60,6 +60,7 @@ class DepthConfig:
     offload: str = 'none'  # where frozen units wait while a stage does not need them: none (the device) | cpu | disk
     checkpoint_frozen: bool = False  # recompute the frozen right side's activations in the backward pass instead of keeping them
     grow_init: str = 'zero'  # a unit joining a trained model starts with its residual outputs at zero (the model unchanged) or 'random' (as Rack inits it)
+    masters: bool = True  # keep each frozen unit's fp32 weights on disk (resume, thaw, fusion); False: a quantized trunk only, for a model larger than the disk
 
     def __post_init__(self):
         check_plan(self.mode, self.curriculum, self.objective)
@@ -75,6 +76,9 @@ class DepthConfig:
         check_choice(self.cache, CACHE_PLACES, 'cache'); check_choice(self.cache_dtype, CACHE_DTYPES, 'cache dtype')
         check_choice(self.frozen_dtype, FROZEN_DTYPES, 'frozen dtype'); check_choice(self.offload, OFFLOADS, 'offload')
         check_choice(self.grow_init, GROW_INITS, 'grow_init')
+        if not self.masters and (self.offload != 'none' or self.mode in ('fusion', 'progressive') or self.curriculum != 'left2right'):
+            raise StackwiseError("masters=False keeps no fp32 copy of frozen units: it needs offload='none' and a mode that never trains a frozen unit again "
+                                 "(layerwise, blockwise or stackwise, left2right)")
         try:  # from YAML or the command line, 1e8 is a string
             if self.cache_budget is not None: self.cache_budget = int(float(self.cache_budget))
             if self.flops_budget is not None: self.flops_budget = float(self.flops_budget)
@@ -226,6 +230,8 @@ class DepthTrainer:
                                  'leave TrainConfig.objective and mask_token_id at their defaults')
         if c.compile: raise StackwiseError('compile=True is not supported by the depth-as-time trainer (its units change every stage): set compile=False')
         self.rack, self.train_data, self.val_data, self.run, self.on_stage = rack, train_data, val_data, run, on_stage
+        if run is not None and not d.masters:
+            raise StackwiseError('masters=False cannot checkpoint (a checkpoint points at the fp32 unit files): pass run=None and record the figures yourself')
         self.device, self.policy = resolve_device(device), dtype_policy(c.dtype)
         self.B, self.T = train_data.batch_size, train_data.blocks.block_size
         self.shape = (self.B, self.T, rack.cfg.d_model)
@@ -246,7 +252,7 @@ class DepthTrainer:
         if not _is_meta(rack.stacks): cast_model(rack.stacks, self.policy).to(self.device)
         folder = run.path/'units' if run is not None else None
         self.frozen = FrozenUnits(lambda l: cast_model(self.build(l), self.policy), d.frozen_dtype, d.offload, self.device, folder,
-                                  compute_dtype=self.policy.compute_dtype)
+                                  compute_dtype=self.policy.compute_dtype, masters=d.masters)
         self.model = DepthModel(rack, self.units, self.bands, 'chain', set(), d.noise_schedule, d.mask_range, d.mask_token_id, self.frozen)
         self.cache, self._val, self._tb = None, None, None
         self.step, self.tokens, self.done = 0, 0, 0
