@@ -104,4 +104,10 @@ def run_experiment(name:str, # experiment notebook nbs/<name>.ipynb
     return run
 
 # %% ../nbs/03_experiments.ipynb #0cf90d69
-DEFAULT_EXPERIMENTS = {'hardware': dict(size=1024)}
+# The studies `make report` (`stackwise report`) runs, in this order, each at its CPU-scale defaults
+# (overrides here): name -> parameters. A study joins the report by adding its entry here.
+DEFAULT_EXPERIMENTS = {
+    'hardware': dict(size=1024),
+    'scaling': {},  # decoders and encoders, e2e and depth-as-time, over four shrunk scales (~8 min on 2 CPU threads)
+    'depth_time': {},  # every depth-as-time plan at equal FLOPs, the headline over seeds, causal fusion (~8 min)
+}
