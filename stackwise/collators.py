@@ -121,8 +121,11 @@ class ClassificationCollator:
     def __init__(self, tokenizer:Tokenizer, label_names:list|None=None, # multi-label: every label, in head order
                  mode:str='multi', # multi | single (multi-label rows only)
                  freq:Counter|None=None, # label frequencies for `single`: from the training set (`label_frequencies`)
-                 max_len:int=512, text_fields:tuple=('text', 'text_pair')):
+                 max_len:int=512, text_fields:tuple=('text', 'text_pair'),
+                 bos:bool=False, # start every row with `<bos>`: the position an encoder's `cls` pooling reads
+                ):
         self.tok, self.label_names, self.freq, self.max_len, self.text_fields = tokenizer, label_names, freq, max_len, text_fields
+        self.bos = bos
         self.mode = mode
 
     @property
@@ -137,7 +140,8 @@ class ClassificationCollator:
     def _ids(self, row):
         parts = [self.tok.encode([row[f]])[0] for f in self.text_fields if row.get(f) is not None]
         sep = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
-        return [i for k, p in enumerate(parts) for i in ([*sep, *p] if k else p)]
+        ids = [i for k, p in enumerate(parts) for i in ([*sep, *p] if k else p)]
+        return [self.tok.bos_token_id, *ids] if self.bos else ids
 
     def __call__(self, rows) -> dict:
         ids, mask = pad([self._ids(r) for r in rows], self.tok.pad_token_id or 0, self.max_len)

@@ -230,18 +230,14 @@ class CellSpec:
     def name(self) -> str: return f'{self.scenario}-{self.dtype_config}-s{self.seed}'
 
 # %% ../nbs/22_dtype_bench.ipynb #300e5d57
-class _StartCollator(ClassificationCollator):
-    "Classification batches whose documents start with `<bos>`: the position an encoder's head pools."
-    def _ids(self, row): return [self.tok.bos_token_id, *super()._ids(row)]
-
 def loaders(spec:CellSpec, data:BenchData) -> tuple[BlockLoader, BlockLoader]:
     "Training and validation loaders of a cell."
     B, T = spec.batch_size, spec.T
     if spec.task in LM_OBJECTIVES:
         return (BlockLoader(TokenBlocks(data.lm_train, T), B, seed=spec.seed),
                 BlockLoader(TokenBlocks(data.lm_val, T), B, shuffle=False))
-    make = _StartCollator if spec.model_arch == 'roberta' else ClassificationCollator
-    coll = make(data.tokenizer, data.label_names, mode='multi' if spec.task == 'multi_cls' else 'single', freq=data.freq, max_len=T)
+    coll = ClassificationCollator(data.tokenizer, data.label_names, mode='multi' if spec.task == 'multi_cls' else 'single', freq=data.freq,
+                                  max_len=T, bos=spec.model_arch == 'roberta')  # documents start with `<bos>`: the position an encoder's head pools
     return BlockLoader(data.cls_train, B, seed=spec.seed, collate=coll), BlockLoader(data.cls_val, B, shuffle=False, collate=coll)
 
 # %% ../nbs/22_dtype_bench.ipynb #b5147e44
