@@ -190,10 +190,15 @@ def _lm_eval(a):
     finally: sys.argv = saved
 
 def _evaluate(a):
-    from stackwise.evaluate import evaluate
-    kw = {k: v for k, v in dict(max_len=a.max_len, stride=a.stride).items() if v is not None}
-    table = evaluate(a.model, [t.strip() for t in a.tasks.split(',') if t.strip()], limit=a.limit, tokenizer=a.tokenizer,
-                     root=a.data, results=a.results, device=a.device, **kw)
+    tasks = [t.strip() for t in a.tasks.split(',') if t.strip()]
+    if a.finetune:
+        from stackwise.finetune import finetune_table
+        kw = {k: v for k, v in dict(max_len=a.max_len, steps=a.steps, lr=a.lr, batch_size=a.batch_size).items() if v is not None}
+        table = finetune_table(a.model, tasks, limit=a.limit, tokenizer=a.tokenizer, root=a.data, results=a.results, device=a.device, **kw)
+    else:
+        from stackwise.evaluate import evaluate
+        kw = {k: v for k, v in dict(max_len=a.max_len, stride=a.stride, masked_scoring=a.masked_scoring, n_samples=a.samples).items() if v is not None}
+        table = evaluate(a.model, tasks, limit=a.limit, tokenizer=a.tokenizer, root=a.data, results=a.results, device=a.device, **kw)
     print(table.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
     if a.out: table.to_csv(a.out, index=False); print(f'table: {a.out}')
     return 1 if (table.metric == 'error').all() else 0
@@ -294,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
     s.set_defaults(func=_bench)
 
-    s = sub.add_parser('evaluate', help='zero-shot scores of a model on evaluation tasks, one run folder per task')
+    s = sub.add_parser('evaluate', help='scores of a model on evaluation tasks (zero-shot, or --finetune), one run folder per task')
     s.add_argument('--model', required=True, help='hf:NAME, a saved Rack / checkpoint / run folder, or a preset (random weights)')
     s.add_argument('--tasks', required=True, help='comma-separated: wikitext2, wikitext103, tinyshakespeare, lambada, piqa, hellaswag, sst2, mnli, stsb')
     s.add_argument('--limit', type=int, help='score only the first N rows of each task')
@@ -303,7 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
     s.add_argument('--max-len', type=int, help='perplexity window (default: the model\'s context)')
     s.add_argument('--stride', type=int, help='perplexity window step (default: half a window)')
+    s.add_argument('--masked-scoring', choices=('pll', 'elbo'), help='masked/diffusion LMs on choice and cloze tasks: pll (pseudo-log-likelihood, default) or elbo (the diffusion ELBO); their perplexity is always the ELBO')
+    s.add_argument('--samples', type=int, help='ELBO Monte Carlo samples (default 8 per perplexity window, 16 per continuation)')
     s.add_argument('--device', default='cpu', help='cpu or cuda')
+    s.add_argument('--finetune', action='store_true', help='fine-tune a fresh head (and the backbone) per task with the trainer, then score: sst2, mnli, snli, stsb, conll2003')
+    s.add_argument('--steps', type=int, help='fine-tuning steps (default 500)')
+    s.add_argument('--lr', type=float, help='fine-tuning peak learning rate (default 1e-4)')
+    s.add_argument('--batch-size', type=int, help='fine-tuning batch size (default 32)')
     s.add_argument('--out', help='also write the combined table to this CSV')
     s.set_defaults(func=_evaluate)
 

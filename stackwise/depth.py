@@ -654,9 +654,12 @@ def run_spec(spec:dict) -> dict:
     return dict(out, base_rss_mb=base, peak_rss_mb=_peak_mem_mb(torch.device('cpu')), params=count_parameters(mcfg),
                 planned_steps=trainer.steps, stages_summary=trainer.summaries, history=trainer.history)
 
-def run_fresh(spec:dict, timeout:int|None=None, env:dict|None=None) -> dict:
-    "`run_spec(spec)` in a new Python process (its peak memory is this run's alone)."
-    code = 'import json, sys; from stackwise.depth import run_spec; print("\\n" + json.dumps(run_spec(json.load(sys.stdin)), default=str))'
+def run_fresh(spec:dict, timeout:int|None=None, env:dict|None=None,
+              target:str='stackwise.depth:run_spec', # module:function taking the spec and returning a JSON-able dict
+             ) -> dict:
+    "`run_spec(spec)` (or another `target`) in a new Python process (its peak memory is this run's alone)."
+    mod, fn = target.split(':')
+    code = f'import json, sys; from {mod} import {fn}; print("\\n" + json.dumps({fn}(json.load(sys.stdin)), default=str))'
     r = subprocess.run([sys.executable, '-c', code], input=json.dumps(spec), capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, **(env or {})})
     if r.returncode != 0: raise StackwiseError(f'the run failed in its process (exit {r.returncode}):\n{r.stderr[-3000:]}')

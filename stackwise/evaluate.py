@@ -91,21 +91,24 @@ def evaluate_task(model, tokenizer, task:str|Task, # a Rack or HF LM and its tok
                   limit:int|None=None, # score only the first `limit` rows
                   root=None, # local data folder (default: $STACKWISE_DATA)
                   max_len:int|None=None, stride:int|None=None, # perplexity windows
-                  progress:bool=True) -> dict:
+                  progress:bool=True,
+                  masked_scoring:str='pll', # masked/diffusion LMs on cloze and choice tasks: pll | elbo (perplexity is always the ELBO)
+                  n_samples:int|None=None) -> dict: # ELBO Monte Carlo samples (default: 8 per perplexity window, 16 per continuation)
     "Zero-shot metrics of one task, with n, scoring rule, chance levels and throughput."
     task = get_task(task) if isinstance(task, str) else task
     rows, t0 = _rows(task, limit, root), time.perf_counter()
     if not rows: raise StackwiseError(f'task {task.name} has no rows (limit={limit})')
     model.eval()
+    sc = dict(masked_scoring=masked_scoring) | ({'n_samples': n_samples} if n_samples else {})
     if task.kind == 'perplexity':
         text = ''.join(r['text'] if r['text'].endswith('\n') else r['text'] + '\n' for r in rows)
-        r = text_perplexity(model, tokenizer, text, max_len=max_len, stride=stride, progress=progress)
+        r = text_perplexity(model, tokenizer, text, max_len=max_len, stride=stride, progress=progress, **({'n_samples': n_samples} if n_samples else {}))
         out = dict(perplexity=r['perplexity'], bits_per_byte=r['bits_per_byte'], bits_per_token=r['bits_per_token'],
                    n_tokens=r['n_tokens'], scoring=r['scoring'])
         out['tokens_per_s'] = r['n_tokens'] / (time.perf_counter() - t0)
     elif task.kind == 'cloze':
         pairs = [(r['context'], r['continuation'] if r['context'][-1:].isspace() or r['continuation'][:1].isspace() else ' ' + r['continuation']) for r in rows]
-        s = continuation_logprobs(model, tokenizer, pairs, progress=progress)
+        s = continuation_logprobs(model, tokenizer, pairs, progress=progress, **sc)
         out = dict(accuracy=sum(x['greedy'] for x in s) / len(s), perplexity=math.exp(-sum(x['logprob'] for x in s) / len(s)), scoring=s[0]['scoring'])
     elif task.kind == 'multiple_choice':
         preds, preds_norm, gold = [], [], []
@@ -113,7 +116,7 @@ def evaluate_task(model, tokenizer, task:str|Task, # a Rack or HF LM and its tok
         for r in tqdm(rows, desc=task.name, disable=not progress):
             context, choices = (task.prompt.format(**r), list(task.verbalizers)) if task.prompt else (r['context'], _choices(r['choices']))
             if not task.prompt and not context[-1:].isspace(): choices = [c if c[:1].isspace() else ' ' + c for c in choices]
-            m = multiple_choice(model, tokenizer, context, choices)
+            m = multiple_choice(model, tokenizer, context, choices, **sc)
             preds.append(m['pred']); preds_norm.append(m['pred_norm']); gold.append(_label(r['label']))
         out = dict(accuracy=accuracy(preds, gold), accuracy_norm=accuracy(preds_norm, gold), scoring=m['scoring'])
     elif task.kind == 'similarity':

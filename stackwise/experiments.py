@@ -108,6 +108,8 @@ def run_experiment(name:str, # experiment notebook nbs/<name>.ipynb
 # (overrides here): name -> parameters. A study joins the report by adding its entry here.
 DEFAULT_EXPERIMENTS = {
     'hardware': dict(size=1024),
-    'scaling': {},  # decoders and encoders, e2e and depth-as-time, over four shrunk scales (~8 min on 2 CPU threads)
-    'depth_time': {},  # every depth-as-time plan at equal FLOPs, the headline over seeds, causal fusion (~8 min)
+    'scaling': {},  # decoders and encoders, e2e and depth-as-time, over four shrunk scales (~17 min at workers=1 on one contended core; the default workers=2 uses both)
+    'depth_time': {},  # every depth-as-time plan at equal FLOPs, the headline over seeds, causal fusion (~6 min on one contended core)
+    'backpack': {},  # seed 002 at CPU size: 2 models x 3 seeds (~2 min on one core)
+    'bdh': {},  # seed 001 at CPU size: 3 models x 3 seeds (~4 min on one core)
 }

@@ -16,7 +16,8 @@ from .evaluate import _label, load_model
 from .metrics import accuracy, correlations, entity_f1
 
 # %% auto #0
-__all__ = ['FINETUNE_TASKS', 'FinetuneTask', 'get_finetune_task', 'finetune_rows', 'task_model', 'predict', 'score', 'finetune']
+__all__ = ['FINETUNE_TASKS', 'FinetuneTask', 'get_finetune_task', 'finetune_rows', 'task_model', 'predict', 'score', 'finetune',
+           'finetune_table']
 
 # %% ../nbs/32a_finetune.ipynb #c3efc7d5
 @dataclass(frozen=True)
@@ -173,7 +174,27 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
         m = score(t, preds, gold, label_names)
     except BaseException as e:
         run.fail(f'{type(e).__name__}: {e}'); raise
-    out = m | dict(task=task, n_train=len(train), n_eval=len(evals), data=note, final_train_loss=fit.get('final_loss'),
+    out = m | dict(task=task, steps=steps, n_train=len(train), n_eval=len(evals), data=note, final_train_loss=fit.get('final_loss'),
                    train_seconds=train_s, params=sum(p.numel() for p in trainer.module.parameters()), scoring=f'fine-tuned {t.head} head, {pool} pooling')
     run.finish(**out)
     return out | dict(run=run.run_id, path=str(run.path))
+
+# %% ../nbs/32a_finetune.ipynb #9df1b450
+def finetune_table(model_spec, # as for `finetune`
+                   tasks:list[str], # FINETUNE_TASKS names
+                   **kw, # passed to `finetune` (steps, lr, batch_size, limit, root, results, device, ...)
+                  ) -> 'pd.DataFrame':
+    "Fine-tune a fresh copy of `model_spec` on each task; one row per (task, metric) with its chance level and run id."
+    import pandas as pd
+    from stackwise.evaluate import SCORES
+    for t in tasks: get_finetune_task(t)  # unknown names fail before any training
+    rows = []
+    for t in tasks:
+        try: m = finetune(model_spec, t, **kw)
+        except StackwiseError as e:
+            rows.append(dict(task=t, metric='error', score=None, chance=None, run=None, note=str(e)[:200])); continue
+        for k, v in m.items():
+            if k in SCORES or k == 'entity_f1':
+                rows.append(dict(task=t, metric=k, score=v, chance=m['chance'].get(k), run=m['run'],
+                                 note=f"{m['scoring']}, {m['steps']} steps, n={m['n_eval']}"))
+    return pd.DataFrame(rows)
