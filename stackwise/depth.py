@@ -620,19 +620,30 @@ def generate_causal(self:DepthTrainer, prompt:torch.Tensor, max_new_tokens:int=3
 DepthTrainer.causal_fusion, DepthTrainer.assemble, DepthTrainer.sample, DepthTrainer.generate_causal = causal_fusion, assemble, sample, generate_causal
 
 # %% ../nbs/27_depth.ipynb #ac5fc72d
-def _tokens(data:str, seed:int=0, root=None):
+def _tokens(data:str, seed:int=0, root=None, split:str='train'):
     from stackwise.datasets import load_dataset, synthetic_corpus
     from stackwise.packing import packed_corpus
     from stackwise.tokenization import ByteTokenizer
-    texts = synthetic_corpus(n_docs=64, seed=seed)[0] if data == 'synthetic' else load_dataset(data, 'train', root=root)
+    texts = synthetic_corpus(n_docs=64, seed=seed)[0] if data == 'synthetic' else load_dataset(data, split, root=root)
     return ByteTokenizer(), np.asarray(packed_corpus(texts, ByteTokenizer(), progress=False))
 
+def _downstream(model, tok, ev:dict, root=None) -> dict:
+    "Scores of the trained model on `ev['tasks']` through the evaluation harness (first `ev['limit']` rows); a task whose data are missing gets its error."
+    from stackwise.evaluate import evaluate_task
+    out = {}
+    for task in ev.get('tasks', []):
+        try: out[task] = evaluate_task(model, tok, task, limit=ev.get('limit'), root=root, progress=False)
+        except StackwiseError as e: out[task] = dict(error=str(e).splitlines()[0])
+    return out
+
 def run_spec(spec:dict) -> dict:
-    "Train the run `spec` describes (byte tokens of `data`, the last `val_fraction` for validation) and return its figures and history."
+    "Train the run `spec` describes (byte tokens of `data`'s `split`, validated on `val_split` or the last `val_fraction`) and return its figures and history."
     from stackwise.packing import BlockLoader, TokenBlocks
-    tok, ids = _tokens(spec.get('data', 'synthetic'), spec.get('seed', 0), spec.get('data_root'))
+    data, root, dseed = spec.get('data', 'synthetic'), spec.get('data_root') or None, spec.get('data_seed', spec.get('seed', 0))
+    tok, ids = _tokens(data, dseed, root, spec.get('split', 'train'))
     T, B, seed = spec.get('block_size', 64), spec.get('batch_size', 16), spec.get('seed', 0)
-    cut = int(len(ids) * (1 - spec.get('val_fraction', 0.1)))
+    if spec.get('val_split') and data != 'synthetic': ids, cut = np.concatenate([ids, _tokens(data, dseed, root, spec['val_split'])[1]]), len(ids)
+    else: cut = int(len(ids) * (1 - spec.get('val_fraction', 0.1)))
     depth = DepthConfig(**{'mask_token_id': tok.mask_token_id, **spec.get('depth', {})})
     mcfg = load_config(spec.get('preset', 'decoder/gpt2_family/nano'),
                        [f'vocab_size={tok.vocab_size}', f'max_seq_len={T}', f'causal={depth.objective == "clm"}', *spec.get('model', [])])
@@ -645,6 +656,7 @@ def run_spec(spec:dict) -> dict:
     trainer = DepthTrainer(rack, train, depth, cfg, val, device=spec.get('device', 'cpu'))
     out = trainer.fit()
     if spec.get('causal_fusion'): out['causal_fusion'] = trainer.causal_fusion(spec['causal_fusion'])
+    if spec.get('evaluate'): out['downstream'] = _downstream(trainer.assemble(), tok, spec['evaluate'], root)
     return dict(out, base_rss_mb=base, peak_rss_mb=_peak_mem_mb(torch.device('cpu')), params=count_parameters(mcfg),
                 planned_steps=trainer.steps, stages_summary=trainer.summaries, history=trainer.history)
 

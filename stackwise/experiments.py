@@ -104,6 +104,12 @@ def run_experiment(name:str, # experiment notebook nbs/<name>.ipynb
     return run
 
 # %% ../nbs/03_experiments.ipynb #0cf90d69
-DEFAULT_EXPERIMENTS = {'hardware': dict(size=1024),
-                       'backpack': dict(),  # seed 002 at CPU size: 2 models x 3 seeds (~2 min on one core)
-                       'bdh': dict()}  # seed 001 at CPU size: 3 models x 3 seeds (~4 min on one core)
+# The studies `make report` (`stackwise report`) runs, in this order, each at its CPU-scale defaults
+# (overrides here): name -> parameters. A study joins the report by adding its entry here.
+DEFAULT_EXPERIMENTS = {
+    'hardware': dict(size=1024),
+    'scaling': {},  # decoders and encoders, e2e and depth-as-time, over four shrunk scales (~17 min at workers=1 on one contended core; the default workers=2 uses both)
+    'depth_time': {},  # every depth-as-time plan at equal FLOPs, the headline over seeds, causal fusion (~6 min on one contended core)
+    'backpack': {},  # seed 002 at CPU size: 2 models x 3 seeds (~2 min on one core)
+    'bdh': {},  # seed 001 at CPU size: 3 models x 3 seeds (~4 min on one core)
+}

@@ -14,7 +14,7 @@ from .core import StackwiseError, atomic_write, project_root, read_json, write_j
 
 # %% auto #0
 __all__ = ['TRACKED_PACKAGES', 'results_root', 'new_run_id', 'check_name', 'package_versions', 'git_state', 'capture_env', 'Run',
-           'start_run', 'run_status', 'list_runs', 'load_run', 'load_runs', 'load_steps']
+           'start_run', 'run_status', 'list_runs', 'load_run', 'load_runs', 'load_steps', 'describe_run']
 
 # %% ../nbs/01_runs.ipynb #a2e90b7e
 def results_root(root:str|Path|None=None, # an explicit folder wins
@@ -187,3 +187,17 @@ def load_steps(experiment:str|None=None, root:str|Path|None=None, status:str|Non
     if not frames: return pd.DataFrame(columns=['experiment', 'run_id'])
     df = pd.concat(frames, ignore_index=True)
     return df[['experiment', 'run_id'] + [c for c in df.columns if c not in ('experiment', 'run_id')]]
+
+# %% ../nbs/01_runs.ipynb #dd0c16a9
+def describe_run(row) -> str:
+    "One Markdown line for a `load_runs` row: hardware, run id, commit, threads and data."
+    g = lambda k, d=None: row.get(k, d) if hasattr(row, 'get') else d
+    ok = lambda v: v is not None and not (isinstance(v, float) and v != v)
+    hw = [g('env.device.type'), g('env.device.isa'), f"{g('env.device.cores')} cores" if ok(g('env.device.cores')) else None,
+          f"{g('env.device.memory_gib')} GiB" if ok(g('env.device.memory_gib')) else None]
+    threads = g('metrics.threads', g('env.device.threads'))
+    data = g('metrics.data_used')
+    parts = [f"**{g('env.device.name', 'unknown device')}** ({', '.join(str(h) for h in hw if ok(h))})", f"run `{g('run_id')}`",
+             f"commit `{str(g('env.git.commit', '?'))[:7]}`" if ok(g('env.git.commit')) else None,
+             f'{threads} threads' if ok(threads) else None, f'data: {data}' if ok(data) else None]
+    return ' · '.join(p for p in parts if p)

@@ -54,3 +54,12 @@ def test_stackwise_experiment_that_raises(tmp_path):
     assert not (path/'metrics.json').exists() and (path/'run.ipynb').exists()
     assert 'unknown dtype' in (path/'error.txt').read_text()
     assert runs.load_runs(root=tmp_path).empty and len(runs.load_runs(root=tmp_path, status=None)) == 1
+
+
+def test_default_experiments_are_a_registry_of_valid_runs():
+    "`make report` runs every entry of DEFAULT_EXPERIMENTS: each is an experiment notebook and its overrides are its parameters."
+    from stackwise.experiments import DEFAULT_EXPERIMENTS, check_params, list_experiments
+    assert {'hardware', 'scaling', 'depth_time'} <= set(DEFAULT_EXPERIMENTS)
+    for name, params in DEFAULT_EXPERIMENTS.items():
+        assert name in list_experiments(ROOT)
+        assert check_params(name, dict(params), ROOT) == params
