@@ -689,6 +689,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'stackwise.site': { 'stackwise.site._Refs': ('site.html#_refs', 'stackwise/site.py'),
                                 'stackwise.site._Refs.__init__': ('site.html#_refs.__init__', 'stackwise/site.py'),
                                 'stackwise.site._Refs.handle_starttag': ('site.html#_refs.handle_starttag', 'stackwise/site.py'),
+                                'stackwise.site._check_site_folder': ('site.html#_check_site_folder', 'stackwise/site.py'),
                                 'stackwise.site._clear_site': ('site.html#_clear_site', 'stackwise/site.py'),
                                 'stackwise.site._cwd': ('site.html#_cwd', 'stackwise/site.py'),
                                 'stackwise.site._drop_dead_source_links': ('site.html#_drop_dead_source_links', 'stackwise/site.py'),

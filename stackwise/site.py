@@ -283,12 +283,15 @@ def _md_inline(s:str) -> str:
 
 _MARKER = '.stackwise-site'
 
+def _check_site_folder(out:Path):
+    "Refuse a non-empty `out` that stackwise did not make (before any work, and again before wiping it)."
+    if out.exists() and any(out.iterdir()) and not (out/_MARKER).exists():
+        raise StackwiseError(f'{out} exists and was not made by stackwise: choose another --out or remove it yourself')
+
 def _clear_site(out:Path):
     "Empty a site folder that stackwise made before, refusing to wipe anything else."
-    if out.exists() and any(out.iterdir()):
-        if not (out/_MARKER).exists():
-            raise StackwiseError(f'{out} exists and was not made by stackwise: choose another --out or remove it yourself')
-        shutil.rmtree(out)
+    _check_site_folder(out)
+    if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out/_MARKER).touch()
 
@@ -303,6 +306,7 @@ def render_site(out:str|Path='_site', # site folder, relative to the project roo
     root = _root(root); out = root/out
     exe = shutil.which('quarto') if quarto is not False else None
     if quarto and not exe: raise StackwiseError('quarto is not on PATH: pip install quarto-cli (or see https://quarto.org/docs/get-started/)')
+    _check_site_folder(out)  # before the minutes of staging
     staged = stage_site(root, stage, results, out, progress=progress)
     if exe:
         _clear_site(out)
