@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--masked-scoring', choices=('pll', 'elbo'), help='masked/diffusion LMs on choice and cloze tasks: pll (pseudo-log-likelihood, default) or elbo (the diffusion ELBO); their perplexity is always the ELBO')
     s.add_argument('--samples', type=int, help='ELBO Monte Carlo samples (default 8 per perplexity window, 16 per continuation)')
     s.add_argument('--device', default='cpu', help='cpu or cuda')
-    s.add_argument('--finetune', action='store_true', help='fine-tune a fresh head (and the backbone) per task with the trainer, then score: sst2, mnli, snli, stsb, conll2003')
+    s.add_argument('--finetune', action='store_true', help='fine-tune a fresh head (and the backbone) per task with the trainer, then score: sst2, mnli, snli, stsb, conll2003, squad, squad_v2')
     s.add_argument('--steps', type=int, help='fine-tuning steps (default 500)')
     s.add_argument('--lr', type=float, help='fine-tuning peak learning rate (default 1e-4)')
     s.add_argument('--batch-size', type=int, help='fine-tuning batch size (default 32)')

@@ -168,18 +168,23 @@ class SpanQACollator:
     "Question + context ids and the answer's token start/end, from character offsets."
     def __init__(self, tokenizer:Tokenizer, max_len:int=384): self.tok, self.max_len = tokenizer, max_len
 
-    def _one(self, row):
+    def layout(self, row) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        "`<bos>` question `<eos>`, the context ids that fit after it, and those tokens' character spans in the context."
         q = self.tok.encode([row['question']])[0]
         ctx, spans = self.tok.offsets(row['context'])
         head = [self.tok.bos_token_id, *q, self.tok.eos_token_id]
         room = self.max_len - len(head)
         if room < 1: raise StackwiseError(f'the question alone takes {len(head)} tokens, max_len is {self.max_len}: raise max_len')
-        ans, pos = row.get('answers') or {}, (0, 0)
+        return head, ctx[:room], spans[:room]
+
+    def _one(self, row):
+        head, ctx, spans = self.layout(row)
+        ans, pos = row.get('answers') or {}, (0, 0)  # no answer (SQuAD v2), or one cut off by max_len: the <bos> position
         if ans and len(ans.get('text', [])):
             s = ans['answer_start'][0]
-            tok = char_span_to_tokens(spans[:room], s, s + len(ans['text'][0]))
+            tok = char_span_to_tokens(spans, s, s + len(ans['text'][0]))
             if tok: pos = (tok[0] + len(head), tok[1] + len(head))
-        return head + ctx[:room], pos
+        return head + ctx, pos
 
     def __call__(self, rows) -> dict:
         ids, pos = zip(*[self._one(r) for r in rows])

@@ -47,6 +47,8 @@ class TaskModel(nn.Module):
         h = self.rack.hidden(input_ids, attention_mask, **kw)
         if self.task in ('token', 'span'): logits = self.head(self.drop(h))
         else: logits = self.head(self.drop(pool(h, attention_mask, self.pooling)))
+        if self.task == 'span' and attention_mask is not None:  # a span never starts or ends on padding
+            logits = logits.masked_fill(~attention_mask.bool()[..., None], torch.finfo(logits.dtype).min)
         out = dict(logits=logits)
         if labels is not None: out['loss'] = self.loss(logits, labels)
         return out

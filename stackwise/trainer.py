@@ -24,10 +24,11 @@ from .runs import Run
 # %% auto #0
 __all__ = ['OBJECTIVES', 'LM_OBJECTIVES', 'SCHEDULES', 'TrainConfig', 'lr_factor', 'loss_sum', 'n_targets', 'rng_state',
            'set_rng_state', 'trainable_state', 'save_checkpoint', 'set_pointer', 'resolve_checkpoint',
-           'load_checkpoint', 'Trainer', 'train_step', 'evaluate', 'save', 'resume', 'plot_training', 'fit']
+           'load_checkpoint', 'Trainer', 'output_logits', 'train_step', 'evaluate', 'save', 'resume', 'plot_training',
+           'fit']
 
 # %% ../nbs/21_trainer.ipynb #fcd28116
-OBJECTIVES = ('clm', 'mlm', 'multi_cls', 'single_cls', 'regression', 'token_cls')
+OBJECTIVES = ('clm', 'mlm', 'multi_cls', 'single_cls', 'regression', 'token_cls', 'span_qa')
 LM_OBJECTIVES = ('clm', 'mlm')  # the loader yields token blocks; classification loaders yield collated batches
 SCHEDULES = ('cosine', 'linear', 'constant')
 
@@ -45,7 +46,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float|None = 1.0  # max global grad norm (None: measured, not clipped)
     dtype: str = 'fp32'  # a `stackwise.dtypes` policy: fp32, amp_fp16, amp_bf16, bf16_pure, fp16_pure, amp_bf16_8bit (or a DtypePolicy)
-    objective: str = 'clm'  # clm (next token) | mlm (masked tokens, BERT's 80/10/10) | multi_cls (sigmoid + BCE per label) | single_cls (softmax + CE) | regression (MSE) | token_cls (CE per labelled token)
+    objective: str = 'clm'  # clm (next token) | mlm (masked tokens, BERT's 80/10/10) | multi_cls (sigmoid + BCE per label) | single_cls (softmax + CE) | regression (MSE) | token_cls (CE per labelled token) | span_qa (CE over positions for the answer's start and end)
     mask_token_id: int|None = None  # mlm only
     seed: int = 0
     compile: bool = False  # torch.compile the model
@@ -87,17 +88,18 @@ def lr_factor(step:int, cfg:TrainConfig) -> float:
 
 # %% ../nbs/21_trainer.ipynb #96bfd521
 def loss_sum(logits, # [B, T, V] token logits (clm, mlm) or [B, n_labels] (classification), in any dtype
-             labels, # [B, T] with IGNORE where there is no target (LMs, token_cls); [B] class ids (single_cls); [B, n_labels] 0/1 (multi_cls); [B] floats (regression)
+             labels, # [B, T] with IGNORE where there is no target (LMs, token_cls); [B] class ids (single_cls); [B, n_labels] 0/1 (multi_cls); [B] floats (regression); [B, 2] start/end positions (span_qa, logits [B, T, 2])
              objective:str='clm') -> torch.Tensor:
     "Sum of the per-target losses (fp32): token cross-entropies, per-example cross-entropies or squared errors, or per-label BCE terms."
     if objective == 'multi_cls': return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction='sum')
     if objective == 'single_cls': return F.cross_entropy(logits.float(), labels, reduction='sum')
     if objective == 'regression': return F.mse_loss(logits.float().reshape(labels.shape), labels.float(), reduction='sum')
+    if objective == 'span_qa': return F.cross_entropy(logits.float().transpose(1, 2).flatten(0, 1), labels.flatten(), reduction='sum')
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction='sum')
 
 def n_targets(labels, objective:str='clm') -> torch.Tensor:
     "How many terms `loss_sum` adds up: target tokens, examples, or example-label pairs."
-    if objective == 'multi_cls': return torch.tensor(labels.numel(), device=labels.device)
+    if objective in ('multi_cls', 'span_qa'): return torch.tensor(labels.numel(), device=labels.device)
     if objective in ('single_cls', 'regression'): return torch.tensor(labels.shape[0], device=labels.device)
     return (labels != IGNORE).sum()
 
@@ -274,10 +276,16 @@ def _batches(self:Trainer, blocks:list) -> list[dict]:
         out.append(b)
     return out
 
+def output_logits(out) -> torch.Tensor:
+    "The logits of a model's output: a tensor, a dict or an HF output (`logits`, or question answering's start/end logits as one [B, T, 2])."
+    if not isinstance(out, dict): return out  # HF outputs are dicts too
+    if 'start_logits' in out: return torch.stack([out['start_logits'], out['end_logits']], -1)
+    return out['logits']
+
 def _logits(self:Trainer, b:dict):
     with autocast_ctx(self.policy, self.acc.device):
         out = self.model(input_ids=b['input_ids'], **({'attention_mask': b['attention_mask']} if 'attention_mask' in b else {}))
-    return out['logits'] if isinstance(out, dict) else out  # HF outputs are dicts too
+    return output_logits(out)
 
 def _global_sum(self:Trainer, x:torch.Tensor) -> torch.Tensor:
     return self.acc.reduce(x, 'sum') if self.world > 1 else x
