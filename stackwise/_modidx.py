@@ -79,6 +79,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'stackwise.bench': { 'stackwise.bench.autocast_for': ('bench.html#autocast_for', 'stackwise/bench.py'),
                                  'stackwise.bench.compare_throughput': ('bench.html#compare_throughput', 'stackwise/bench.py'),
                                  'stackwise.bench.lm_train_step': ('bench.html#lm_train_step', 'stackwise/bench.py'),
+                                 'stackwise.bench.paired_ratios': ('bench.html#paired_ratios', 'stackwise/bench.py'),
                                  'stackwise.bench.plot_throughput': ('bench.html#plot_throughput', 'stackwise/bench.py')},
             'stackwise.blocks': { 'stackwise.blocks.Block': ('blocks.html#block', 'stackwise/blocks.py'),
                                   'stackwise.blocks.Block.__init__': ('blocks.html#block.__init__', 'stackwise/blocks.py'),

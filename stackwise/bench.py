@@ -4,17 +4,19 @@
 
 # %% ../nbs/40_bench.ipynb #824702e7
 from __future__ import annotations
-import statistics, time
+import math, statistics, time
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .core import StackwiseError
 from .dtypes import autocast_ctx
 
 # %% auto #0
-__all__ = ['autocast_for', 'lm_train_step', 'compare_throughput', 'plot_throughput']
+__all__ = ['autocast_for', 'lm_train_step', 'compare_throughput', 'paired_ratios', 'plot_throughput']
 
 # %% ../nbs/40_bench.ipynb #2d3ce903
 def autocast_for(dtype:str, device:str|torch.device='cpu'):
@@ -49,6 +51,30 @@ def compare_throughput(steps_by_impl:dict, # name -> step closure
             for _ in range(steps): fn()  # loss.item() in each step synchronises the device
             rows.append(dict(impl=name, rep=rep, tokens_per_s=tokens_per_step * steps / (time.perf_counter() - t0)))
     return pd.DataFrame(rows)
+
+# %% ../nbs/40_bench.ipynb #c49c6cea
+def paired_ratios(df:pd.DataFrame, # rows with `impl`, `rep`, `tokens_per_s` and the `group` columns
+                  group:list[str], # columns that name a comparison, e.g. ['family', 'dtype']
+                  a:str='stackwise', b:str='HF transformers', # the ratio is a's tokens/s over b's
+                  by:list[str]=(), # further pairing keys, e.g. ['run_id'] to pool several runs
+                  conf:float=0.95) -> pd.DataFrame:
+    "Per group: the geometric-mean ratio of paired repetitions, its confidence interval, the p value of 'no difference', and n."
+    from scipy import stats
+    keys = [*group, *by, 'rep']
+    wide = df.pivot_table(index=keys, columns='impl', values='tokens_per_s', aggfunc='first')
+    missing = {a, b} - set(wide.columns)
+    if missing: raise StackwiseError(f'no rows of implementation(s) {sorted(missing)}: the impl column holds {sorted(wide.columns)}')
+    logs = np.log(wide[a] / wide[b]).dropna()
+    rows = []
+    for name, x in logs.groupby(level=list(range(len(group)))):
+        x = x.to_numpy(); n = len(x)
+        m, se = x.mean(), (x.std(ddof=1) / math.sqrt(n) if n > 1 else math.inf)
+        t = stats.t.ppf(0.5 + conf / 2, n - 1) if n > 1 else math.inf
+        p = float(stats.ttest_1samp(x, 0.0).pvalue) if n > 1 else math.nan
+        rows.append(dict(zip(group, name if isinstance(name, tuple) else (name,)), ratio=math.exp(m), low=math.exp(m - t * se),
+                         high=math.exp(m + t * se), p=p, n=n))
+    return pd.DataFrame(rows)
+
 
 # %% ../nbs/40_bench.ipynb #f0808b9d
 def plot_throughput(df:pd.DataFrame, # rows with `impl`, `tokens_per_s` and grouping columns
