@@ -165,24 +165,44 @@ def char_span_to_tokens(spans:list[tuple[int, int]], start:int, end:int) -> tupl
     return (hit[0], hit[-1]) if hit else None
 
 class SpanQACollator:
-    "Question + context ids and the answer's token start/end, from character offsets."
-    def __init__(self, tokenizer:Tokenizer, max_len:int=384): self.tok, self.max_len = tokenizer, max_len
+    "Question + context ids and the answer's token start/end, from character offsets; long contexts in overlapping windows."
+    def __init__(self, tokenizer:Tokenizer, max_len:int=384,
+                 stride:int|None=None, # tokens shared by consecutive windows of a long context (None: one window, the rest cut off)
+                ):
+        if stride is not None and stride < 0: raise StackwiseError(f'stride must be >= 0 (tokens shared by consecutive windows), got {stride}')
+        self.tok, self.max_len, self.stride = tokenizer, max_len, stride
 
-    def layout(self, row) -> tuple[list[int], list[int], list[tuple[int, int]]]:
-        "`<bos>` question `<eos>`, the context ids that fit after it, and those tokens' character spans in the context."
+    def _parts(self, row):
         q = self.tok.encode([row['question']])[0]
         ctx, spans = self.tok.offsets(row['context'])
         head = [self.tok.bos_token_id, *q, self.tok.eos_token_id]
         room = self.max_len - len(head)
         if room < 1: raise StackwiseError(f'the question alone takes {len(head)} tokens, max_len is {self.max_len}: raise max_len')
-        return head, ctx[:room], spans[:room]
+        step = room if self.stride is None else max(1, room - self.stride)
+        return head, ctx, spans, room, step
+
+    def n_windows(self, row) -> int:
+        "How many windows the row's context takes (1 without `stride`)."
+        _, ctx, _, room, step = self._parts(row)
+        return 1 if self.stride is None or len(ctx) <= room else 1 + math.ceil((len(ctx) - room) / step)
+
+    def expand(self, rows:list[dict]) -> list[dict]:
+        "One row per window (`window` = its index), the form training and `layout` take."
+        return [dict(r, window=k) for r in rows for k in range(self.n_windows(r))]
+
+    def layout(self, row) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        "`<bos>` question `<eos>`, the context ids of the row's window (`row['window']`, default 0) and their character spans in the context."
+        head, ctx, spans, room, step = self._parts(row)
+        a = row.get('window', 0) * step
+        return head, ctx[a:a + room], spans[a:a + room]
 
     def _one(self, row):
         head, ctx, spans = self.layout(row)
-        ans, pos = row.get('answers') or {}, (0, 0)  # no answer (SQuAD v2), or one cut off by max_len: the <bos> position
-        if ans and len(ans.get('text', [])):
+        ans, pos = row.get('answers') or {}, (0, 0)  # no answer (SQuAD v2), or one not wholly in this window: the <bos> position
+        if ans and len(ans.get('text', [])) and spans:
             s = ans['answer_start'][0]
-            tok = char_span_to_tokens(spans, s, s + len(ans['text'][0]))
+            e = s + len(ans['text'][0])
+            tok = char_span_to_tokens(spans, s, e) if spans[0][0] <= s and e <= spans[-1][1] else None
             if tok: pos = (tok[0] + len(head), tok[1] + len(head))
         return head + ctx, pos
 

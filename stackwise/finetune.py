@@ -17,8 +17,8 @@ from .metrics import accuracy, correlations, entity_f1, squad_metric
 from .trainer import output_logits
 
 # %% auto #0
-__all__ = ['FINETUNE_TASKS', 'FinetuneTask', 'get_finetune_task', 'finetune_rows', 'task_model', 'best_span', 'predict', 'score',
-           'finetune', 'finetune_table']
+__all__ = ['FINETUNE_TASKS', 'FinetuneTask', 'get_finetune_task', 'finetune_rows', 'task_model', 'best_span', 'predict_spans',
+           'predict', 'score', 'finetune', 'finetune_table']
 
 # %% ../nbs/32a_finetune.ipynb #c3efc7d5
 @dataclass(frozen=True)
@@ -108,9 +108,9 @@ def task_model(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a 
     return TaskModel(rack, task.head, task.num_labels, pooling=pooling, dropout=dropout).to(device), tok, pooling
 
 # %% ../nbs/32a_finetune.ipynb #70464b53
-def _collator(task:FinetuneTask, tok, max_len:int, bos:bool):
+def _collator(task:FinetuneTask, tok, max_len:int, bos:bool, stride:int|None=None):
     if task.head == 'token': return NERCollator(tok, max_len=max_len)
-    if task.head == 'span': return SpanQACollator(tok, max_len=max_len)
+    if task.head == 'span': return SpanQACollator(tok, max_len=max_len, stride=stride)
     return ClassificationCollator(tok, max_len=max_len, text_fields=task.fields, bos=bos)
 
 def best_span(start, end, # [T] start and end logits of one row
@@ -125,15 +125,23 @@ def best_span(start, end, # [T] start and end logits of one row
     k = s.masked_fill(~ok, -math.inf).flatten().argmax().item()
     return lo + k // n, lo + k % n, s.flatten()[k].item()
 
-def _answers(rows, logits, collate:SpanQACollator, max_answer:int, no_answer:bool) -> list[str]:
-    "Answer strings cut from each row's context, or '' where the no-answer score (start and end on `<bos>`) wins."
-    out = []
-    for row, lg in zip(rows, logits):
-        head, ctx, spans = collate.layout(row)
-        i, j, best = best_span(lg[:, 0], lg[:, 1], len(head), len(head) + len(ctx), max_answer)
-        null = (lg[0, 0] + lg[0, 1]).item()
-        out.append('' if j < i or (no_answer and null > best) else row['context'][spans[i - len(head)][0]:spans[j - len(head)][1]])
-    return out
+@torch.no_grad()
+def predict_spans(model, rows:list[dict], collate:SpanQACollator, batch_size:int=64, device='cpu',
+                  max_answer:int=30, no_answer:bool=False) -> list[str]:
+    "Each row's answer: the best span over all its context windows, cut from the context; '' where no_answer and the `<bos>` score wins."
+    model.eval()
+    feats = [(i, dict(r, window=k)) for i, r in enumerate(rows) for k in range(collate.n_windows(r))]
+    best, null = [(-math.inf, '')] * len(rows), [math.inf] * len(rows)
+    for s in range(0, len(feats), batch_size):
+        chunk = feats[s:s + batch_size]
+        b = {k: v.to(device) for k, v in collate([f for _, f in chunk]).items()}
+        logits = output_logits(model(input_ids=b['input_ids'], attention_mask=b['attention_mask'])).float()
+        for (i, f), lg in zip(chunk, logits):
+            head, ctx, spans = collate.layout(f)
+            a, z, sc = best_span(lg[:, 0], lg[:, 1], len(head), len(head) + len(ctx), max_answer)
+            null[i] = min(null[i], (lg[0, 0] + lg[0, 1]).item())  # the window most sure there is an answer speaks for all
+            if z >= a and sc > best[i][0]: best[i] = (sc, f['context'][spans[a - len(head)][0]:spans[z - len(head)][1]])
+    return ['' if no_answer and null[i] > sc else text for i, (sc, text) in enumerate(best)]
 
 @torch.no_grad()
 def predict(model, rows:list[dict], collate, batch_size:int=64, device='cpu',
@@ -141,16 +149,15 @@ def predict(model, rows:list[dict], collate, batch_size:int=64, device='cpu',
             no_answer:bool=False, # span QA: may answer '' (SQuAD v2)
            ) -> tuple[list, list]:
     "Predictions and gold labels over `rows`: class ids, scores, per-sentence tag-id lists (first piece of each word), or answer strings (span QA)."
+    if isinstance(collate, SpanQACollator):
+        return predict_spans(model, rows, collate, batch_size, device, max_answer, no_answer), [list(r['answers']['text']) for r in rows]
     model.eval()
     preds, gold = [], []
     for i in range(0, len(rows), batch_size):
         b = {k: v.to(device) for k, v in collate(rows[i:i + batch_size]).items()}
         out = model(input_ids=b['input_ids'], attention_mask=b['attention_mask'])
         logits = output_logits(out).float()
-        if isinstance(collate, SpanQACollator):
-            preds += _answers(rows[i:i + batch_size], logits, collate, max_answer, no_answer)
-            gold += [list(r['answers']['text']) for r in rows[i:i + batch_size]]
-        elif logits.dim() == 3:  # tagging: keep the labelled (first) piece of each word
+        if logits.dim() == 3:  # tagging: keep the labelled (first) piece of each word
             for lg, lb in zip(logits.argmax(-1), b['labels']):
                 keep = lb != IGNORE
                 preds.append(lg[keep].tolist()); gold.append(lb[keep].tolist())
@@ -178,6 +185,7 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
              tokenizer=None, root=None, results=None, device:str='cpu', dtype:str='fp32', seed:int=0,
              holdout:float=0.2, pooling:str|None=None, dropout:float=0.1, eval_every:int=0,
              max_answer:int=30, # span QA: the longest answer predicted, in tokens
+             doc_stride:int|None=32, # span QA: tokens shared by consecutive windows of a long context (None: cut it off at max_len)
              progress:bool=True, tensorboard:bool=False) -> dict:
     "Fine-tune a head (and the backbone) on `task`'s training rows, score the evaluation rows; one run folder."
     from stackwise.datasets import dataset_spec
@@ -193,9 +201,12 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
     torch.manual_seed(seed)
     model, tok, pool = task_model(model_spec, t, tokenizer, device, pooling, dropout)
     max_len = min(max_len, max_length(getattr(model, 'rack', model)))  # rows are cut to what the positions cover
-    coll = _collator(t, tok, max_len, bos=pool == 'cls')
+    coll = _collator(t, tok, max_len, bos=pool == 'cls', stride=doc_stride)
+    n_train, n_eval = len(train), len(evals)
+    if t.head == 'span': train = coll.expand(train)  # one training row per context window; scoring takes the best window
     name = model_spec if isinstance(model_spec, str) else type(model_spec).__name__
     cfg = dict(model=name, task=task, steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, train_limit=train_limit, limit=limit,
+               **({'doc_stride': doc_stride, 'max_answer': max_answer} if t.head == 'span' else {}),
                dtype=dtype, seed=seed, pooling=pool, data=note)
     run = start_run('finetune', cfg, root=results)
     tc = TrainConfig(max_steps=steps, lr=lr, warmup_steps=warmup_steps if warmup_steps is not None else max(1, steps // 10),
@@ -203,7 +214,7 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
                      progress=progress, tensorboard=tensorboard, mfu=hasattr(model, 'rack'))
     try:
         trainer = Trainer(model, BlockLoader(train, batch_size, seed=seed, collate=coll), tc, run=run,
-                          val_data=BlockLoader(evals, min(batch_size, len(evals)), shuffle=False, collate=coll) if eval_every else None,
+                          val_data=BlockLoader(coll.expand(evals) if t.head == 'span' else evals, min(batch_size, len(evals)), shuffle=False, collate=coll) if eval_every else None,
                           flops_per_token=bench_flops_per_token(model, max_len) if hasattr(model, 'rack') else None)
         t0 = time.perf_counter()
         fit = trainer.fit()
@@ -213,7 +224,7 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
         m = score(t, preds, gold, label_names)
     except BaseException as e:
         run.fail(f'{type(e).__name__}: {e}'); raise
-    out = m | dict(task=task, steps=steps, n_train=len(train), n_eval=len(evals), data=note, final_train_loss=fit.get('final_loss'),
+    out = m | dict(task=task, steps=steps, n_train=n_train, n_eval=n_eval, **({'train_windows': len(train)} if t.head == 'span' else {}), data=note, final_train_loss=fit.get('final_loss'),
                    train_seconds=train_s, params=sum(p.numel() for p in trainer.module.parameters()), scoring=f'fine-tuned {t.head} head' + ('' if t.head in ('token', 'span') else f', {pool} pooling'))
     run.finish(**out)
     return out | dict(run=run.run_id, path=str(run.path))
