@@ -132,7 +132,8 @@ def _lm_blocks(data:str, tok, block_size:int, split:str, seed:int):
     "Token blocks of a registry LM dataset, or of the synthetic known-entropy language (`synthetic`)."
     from stackwise.datasets import load_dataset, synthetic_corpus
     from stackwise.packing import TokenBlocks, packed_corpus
-    texts = synthetic_corpus(n_docs=64 if split == 'train' else 8, seed=seed + (split != 'train'))[0] if data == 'synthetic' else load_dataset(data, split)
+    texts = (synthetic_corpus(n_docs=64 if split == 'train' else 8, seed=seed, sample_seed=int(split != 'train'))[0]  # held-out text of the same language
+             if data == 'synthetic' else load_dataset(data, split))
     return TokenBlocks(packed_corpus(texts, tok, progress=False), block_size)
 
 def _train(a):

@@ -274,11 +274,14 @@ def single_label(ds, freq:Counter|None=None):
 # %% ../nbs/05_datasets.ipynb #2ab9f4a8
 SYNTHETIC_BANNER = '!' * 78
 
-def synthetic_corpus(n_docs:int=64, doc_len:int=4096, order:int=1, concentration:float=0.5, seed:int=0):
+def synthetic_corpus(n_docs:int=64, doc_len:int=4096, order:int=1, concentration:float=0.5,
+                     seed:int=0, # the language (its transition probabilities)
+                     sample_seed:int=0, # the documents drawn from it: another sample_seed, another split of the same language
+                    ):
     "The synthetic known-entropy language as a text `Dataset` (one chain per row), with its source."
     import datasets
     src = MarkovSource(order=order, concentration=concentration, seed=seed)
-    return datasets.Dataset.from_dict(dict(text=src.texts(n_docs, doc_len))), src
+    return datasets.Dataset.from_dict(dict(text=src.texts(n_docs, doc_len, sample_seed))), src
 
 def load_dataset(name:str, # a registry name (`datasets_table()` lists them)
                  split:str='train',
