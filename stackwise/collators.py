@@ -171,10 +171,17 @@ class SpanQACollator:
                 ):
         if stride is not None and stride < 0: raise StackwiseError(f'stride must be >= 0 (tokens shared by consecutive windows), got {stride}')
         self.tok, self.max_len, self.stride = tokenizer, max_len, stride
+        self._seen = {}  # (question, context) -> tokens: every window of a row reads the same ones
+
+    def _encode(self, question:str, context:str):
+        key = (question, context)
+        if key not in self._seen:
+            if len(self._seen) >= 4096: self._seen.clear()
+            self._seen[key] = (self.tok.encode([question])[0], *self.tok.offsets(context))
+        return self._seen[key]
 
     def _parts(self, row):
-        q = self.tok.encode([row['question']])[0]
-        ctx, spans = self.tok.offsets(row['context'])
+        q, ctx, spans = self._encode(row['question'], row['context'])
         head = [self.tok.bos_token_id, *q, self.tok.eos_token_id]
         room = self.max_len - len(head)
         if room < 1: raise StackwiseError(f'the question alone takes {len(head)} tokens, max_len is {self.max_len}: raise max_len')

@@ -32,11 +32,10 @@ class FinetuneTask:
     metrics: tuple = ('accuracy',)
     train_split: str = 'train'
     eval_split: str = 'validation'
+    no_answer: bool = False  # span QA: some questions have no answer in the context (SQuAD v2)
 
     @property
     def objective(self) -> str: return {'single_label': 'single_cls', 'regression': 'regression', 'token': 'token_cls', 'span': 'span_qa'}[self.head]
-    @property
-    def no_answer(self) -> bool: return self.name == 'squad_v2'  # questions may have no answer in the context
 
 FINETUNE_TASKS = {t.name: t for t in [
     FinetuneTask('sst2', 'sst2', 'single_label', 2),
@@ -45,7 +44,7 @@ FINETUNE_TASKS = {t.name: t for t in [
     FinetuneTask('stsb', 'stsb', 'regression', 1, ('sentence1', 'sentence2'), ('pearson', 'spearman')),
     FinetuneTask('conll2003', 'conll2003', 'token', 9, ('tokens',), ('entity_f1', 'precision', 'recall')),
     FinetuneTask('squad', 'squad', 'span', 2, ('question', 'context'), ('exact_match', 'f1')),
-    FinetuneTask('squad_v2', 'squad_v2', 'span', 2, ('question', 'context'), ('exact_match', 'f1')),
+    FinetuneTask('squad_v2', 'squad_v2', 'span', 2, ('question', 'context'), ('exact_match', 'f1'), no_answer=True),
 ]}
 
 def get_finetune_task(name:str) -> FinetuneTask:
@@ -130,14 +129,14 @@ def predict_spans(model, rows:list[dict], collate:SpanQACollator, batch_size:int
                   max_answer:int=30, no_answer:bool=False) -> list[str]:
     "Each row's answer: the best span over all its context windows, cut from the context; '' where no_answer and the `<bos>` score wins."
     model.eval()
-    feats = [(i, dict(r, window=k)) for i, r in enumerate(rows) for k in range(collate.n_windows(r))]
+    feats = collate.expand([dict(r, row=i) for i, r in enumerate(rows)])
     best, null = [(-math.inf, '')] * len(rows), [math.inf] * len(rows)
     for s in range(0, len(feats), batch_size):
         chunk = feats[s:s + batch_size]
-        b = {k: v.to(device) for k, v in collate([f for _, f in chunk]).items()}
+        b = {k: v.to(device) for k, v in collate(chunk).items()}
         logits = output_logits(model(input_ids=b['input_ids'], attention_mask=b['attention_mask'])).float()
-        for (i, f), lg in zip(chunk, logits):
-            head, ctx, spans = collate.layout(f)
+        for f, lg in zip(chunk, logits):
+            i, (head, ctx, spans) = f['row'], collate.layout(f)
             a, z, sc = best_span(lg[:, 0], lg[:, 1], len(head), len(head) + len(ctx), max_answer)
             null[i] = min(null[i], (lg[0, 0] + lg[0, 1]).item())  # the window most sure there is an answer speaks for all
             if z >= a and sc > best[i][0]: best[i] = (sc, f['context'][spans[a - len(head)][0]:spans[z - len(head)][1]])
