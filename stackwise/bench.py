@@ -16,7 +16,8 @@ from .core import StackwiseError
 from .dtypes import autocast_ctx
 
 # %% auto #0
-__all__ = ['autocast_for', 'lm_train_step', 'compare_throughput', 'paired_ratios', 'plot_throughput']
+__all__ = ['autocast_for', 'lm_train_step', 'compare_throughput', 'paired_ratios', 'plot_throughput', 'stackwise_step_ends',
+           'hf_step_ends', 'step_tokens_per_s']
 
 # %% ../nbs/40_bench.ipynb #2d3ce903
 def autocast_for(dtype:str, device:str|torch.device='cpu'):
@@ -94,3 +95,52 @@ def plot_throughput(df:pd.DataFrame, # rows with `impl`, `tokens_per_s` and grou
     ax.set_xticks(range(len(groups)), groups)
     ax.set(ylabel='training tokens/s (median)', title=title); ax.legend(); ax.grid(axis='y', alpha=.3)
     return fig
+
+# %% ../nbs/40_bench.ipynb #9604736c
+def _fresh_accelerate():
+    "accelerate keeps one process-wide state and each trainer asks for its own mixed precision: each timed run starts from none."
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+def stackwise_step_ends(model, # an HF causal LM (or a Rack)
+                        blocks, # `TokenBlocks` of [T+1] ids
+                        batch_size:int, n_steps:int, # optimizer steps, warm-up included
+                        dtype:str='fp32', warmup:int=2, compile:bool=False, attention:str='auto', lr:float=3e-4) -> list[float]:
+    "`time.perf_counter()` at the end of each optimizer step of the stackwise `Trainer`."
+    from stackwise.packing import BlockLoader
+    from stackwise.trainer import TrainConfig, Trainer
+    _fresh_accelerate()
+    ends = []
+    cfg = TrainConfig(max_steps=n_steps, lr=lr, warmup_steps=warmup, min_lr_ratio=0.0, weight_decay=0.0, beta2=0.999, grad_clip=1.0,
+                      dtype=dtype, compile=compile, attention=attention, progress=False, tensorboard=False, mfu=False)
+    Trainer(model, BlockLoader(blocks, batch_size, seed=0), cfg, on_step=lambda tr, s: ends.append(time.perf_counter())).fit()
+    return ends
+
+def hf_step_ends(model, blocks, batch_size:int, n_steps:int, dtype:str='fp32', warmup:int=2, compile:bool=False, lr:float=3e-4) -> list[float]:
+    "The same for `transformers.Trainer` (its `torch_compile` when `compile`), fed the blocks in `BlockLoader`'s order."
+    import tempfile, transformers
+    from stackwise.packing import BlockLoader
+    class Ends(transformers.TrainerCallback):
+        def __init__(self): self.ends = []
+        def on_step_end(self, args, state, control, **kw): self.ends.append(time.perf_counter())
+    class Examples(torch.utils.data.Dataset):  # GPT-2 shifts the labels itself
+        def __init__(self):
+            order = BlockLoader(blocks, batch_size, seed=0).order(0)[:n_steps * batch_size]
+            self.x = [blocks[int(i)][:-1] for i in order]
+        def __len__(self): return len(self.x)
+        def __getitem__(self, i): return dict(input_ids=self.x[i], labels=self.x[i])
+    _fresh_accelerate()
+    cb = Ends()
+    with tempfile.TemporaryDirectory() as out:
+        args = transformers.TrainingArguments(output_dir=out, per_device_train_batch_size=batch_size, max_steps=n_steps, learning_rate=lr,
+                                              lr_scheduler_type='cosine', warmup_steps=warmup, weight_decay=0.0, max_grad_norm=1.0,
+                                              bf16=dtype == 'amp_bf16', use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy='no',
+                                              logging_strategy='no', disable_tqdm=True, dataloader_num_workers=0, seed=0, torch_compile=compile)
+        transformers.Trainer(model=model, args=args, train_dataset=Examples(), callbacks=[cb]).train()
+    return cb.ends
+
+def step_tokens_per_s(ends:list[float], tokens_per_step:int, warmup:int=2) -> float:
+    "Tokens per second from step end times: the median interval after the first `warmup` steps."
+    dt = np.diff(ends)[warmup - 1:]
+    if len(dt) < 1: raise StackwiseError(f'{len(ends)} step times leave no interval after {warmup} warm-up steps: time more steps')
+    return tokens_per_step / float(np.median(dt))

@@ -61,6 +61,7 @@ class DepthConfig:
     checkpoint_frozen: bool = False  # recompute the frozen right side's activations in the backward pass instead of keeping them
     grow_init: str = 'zero'  # a unit joining a trained model starts with its residual outputs at zero (the model unchanged) or 'random' (as Rack inits it)
     masters: bool = True  # keep each frozen unit's fp32 weights on disk (resume, thaw, fusion); False: a quantized trunk only, for a model larger than the disk
+    fresh_batches: bool = False  # each stage trains on batches no earlier stage has seen (its cache filled afresh through the frozen units); False: every stage reuses the first batches
 
     def __post_init__(self):
         check_plan(self.mode, self.curriculum, self.objective)
@@ -93,10 +94,12 @@ def lazy_rack(cfg:ModelConfig, cls=Rack, **kw) -> Rack:
 
 def _is_meta(module:nn.Module) -> bool: return any(p.device.type == 'meta' for p in module.parameters())
 
-def block_builder(cfg:ModelConfig, seed:int=0):
+def block_builder(cfg:ModelConfig, seed:int=0,
+                  device=None): # build on this device (a CUDA GPU draws its own random numbers: the same per device, not across devices)
     "A function layer -> a fresh Block initialised as `Rack` initialises it, the same for the same (seed, layer)."
+    dev = torch.device(device or 'cpu')
     def build(layer:int) -> Block:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []), dev:
             torch.manual_seed(seed * 100_003 + layer)
             b = Block(cfg, layer); b.apply(Rack._init)
             for n, p in b.named_parameters():
@@ -240,11 +243,14 @@ class DepthTrainer:
         self.bands = noise_bands(len(self.units), d.bands)
         with torch.device('meta'): check_quantizable(Block(rack.cfg, 0), d.frozen_dtype, self.device)
         self.fwd = forward_flops(rack.cfg, self.T)
+        if d.fresh_batches and len(train_data) < len(self.stages):
+            raise StackwiseError(f'fresh_batches needs a batch of its own for each of the {len(self.stages)} stages, the data hold {len(train_data)}: '
+                                 f'add text, lower batch_size or block_size, or set fresh_batches=False')
         self.steps = self._plan_steps()
-        self.n_slots = min(max(self.steps) * c.grad_accum, len(train_data))
+        self.n_slots = self._slots_per_stage(self.steps)
         # the Rack on the device: embeddings and head now, blocks now (an ordinary Rack) or at their stage (a lazy one)
         tf32_mode(self.policy)
-        self.build = block_builder(rack.cfg, c.seed)
+        self.build = block_builder(rack.cfg, c.seed, self.device if self.device.type == 'cuda' else None)  # a 70B layer is built on the GPU in milliseconds
         if _is_meta(rack.tok_emb): _materialize_shell(rack, c.seed)
         self.untied = any(s.embed != s.head for s in self.stages) and _untie_head(rack)
         for name, child in rack.named_children():
@@ -254,7 +260,7 @@ class DepthTrainer:
         self.frozen = FrozenUnits(lambda l: cast_model(self.build(l), self.policy), d.frozen_dtype, d.offload, self.device, folder,
                                   compute_dtype=self.policy.compute_dtype, masters=d.masters)
         self.model = DepthModel(rack, self.units, self.bands, 'chain', set(), d.noise_schedule, d.mask_range, d.mask_token_id, self.frozen)
-        self.cache, self._val, self._tb = None, None, None
+        self.cache, self._cache_stage, self._val, self._tb = None, None, None, None
         self.step, self.tokens, self.done = 0, 0, 0
         self.flops = dict(train=0, recompute=0, cache_fill=0)
         self.history, self.summaries = [], []
@@ -273,6 +279,14 @@ def _step_flops(self:DepthTrainer, st:Stage, cached_share:float=0.0) -> float:
     f = lambda cached: stage_flops(st, self.units, self.fwd, tok, cached, self.depth.checkpoint_frozen)['total']
     return cached_share * f(True) + (1 - cached_share) * f(False)
 
+def _slots_per_stage(self:DepthTrainer, steps:list[int]) -> int:
+    "Distinct batches a stage trains on (and caches): one per micro-batch of its longest stage, as many as the data hold (with `fresh_batches`, its share of them)."
+    return min(max(steps) * self.cfg.grad_accum, len(self.train_data) // (len(self.stages) if self.depth.fresh_batches else 1))
+
+def _slot0(self:DepthTrainer, st:Stage) -> int:
+    "The first batch of stage `st`: 0, or with `fresh_batches` past every earlier stage's batches."
+    return st.index * self.n_slots if self.depth.fresh_batches else 0
+
 def _plan_steps(self:DepthTrainer) -> list[int]:
     "Steps per stage: `steps_per_stage` each, or equal shares of `flops_budget`."
     d, c = self.depth, self.cfg
@@ -284,19 +298,20 @@ def _plan_steps(self:DepthTrainer) -> list[int]:
     slot_bytes = math.prod(self.shape) * CACHE_DTYPES[d.cache_dtype].itemsize
     steps = [1] * len(self.stages)
     for _ in range(3):  # the cache's size depends on the steps, and its filling cost on the size
-        n_slots = min(max(steps) * c.grad_accum, len(self.train_data))
+        n_slots = self._slots_per_stage(steps)
         n_cached = 0 if d.cache == 'none' else n_slots if d.cache_budget is None else min(n_slots, d.cache_budget // slot_bytes)
         out = []
         for st, share in zip(self.stages, shares):
             if st.cacheable and n_cached:
-                fill = sum(self.fwd['blocks'][b] for b in self.units[st.left[-1]]) * n_cached * per_slot
+                filled = st.left if d.fresh_batches else st.left[-1:]  # fresh batches come through the whole frozen left side
+                fill = sum(self.fwd['blocks'][b] for j in filled for b in self.units[j]) * n_cached * per_slot
                 cost = self._step_flops(st, n_cached / n_slots)
             else: fill, cost = 0, self._step_flops(st)
             out.append(max(1, int((share - fill) // cost)))
         steps = out
     return steps
 
-DepthTrainer._step_flops, DepthTrainer._plan_steps = _step_flops, _plan_steps
+DepthTrainer._step_flops, DepthTrainer._slots_per_stage, DepthTrainer._slot0, DepthTrainer._plan_steps = _step_flops, _slots_per_stage, _slot0, _plan_steps
 
 # %% ../nbs/27_depth.ipynb #94c43ed4
 def _blocks_of(self:DepthTrainer, j:int) -> list: return [self.rack.blocks[l] for l in self.units[j]]
@@ -333,7 +348,7 @@ def _embed(self:DepthTrainer, ids, grad:bool):
 
 def _stage_input(self:DepthTrainer, st:Stage, slot:int, ids, rope):
     "The input of the stage's first trained unit: from the cache, or recomputed through the frozen left side."
-    if self.cache is not None and st.cacheable and slot in self.cache: return self.cache.get(slot).to(self.rack.tok_emb.weight.dtype)
+    if self._cached(st, slot): return self.cache.get(slot - self._slot0(st)).to(self.rack.tok_emb.weight.dtype)
     x = self._embed(ids, st.embed)
     if st.left:
         with torch.no_grad(), autocast_ctx(self.policy, self.device):
@@ -342,13 +357,20 @@ def _stage_input(self:DepthTrainer, st:Stage, slot:int, ids, rope):
         self.flops['recompute'] += sum(self.fwd['blocks'][b] for j in st.left for b in self.units[j]) * ids.numel()
     return x
 
+def _cached(self:DepthTrainer, st:Stage, slot:int) -> bool:
+    "Whether stage `st` reads batch `slot`'s input from the cache."
+    return self.cache is not None and st.cacheable and self._cache_stage == st.index and slot - self._slot0(st) in self.cache
+
 def _prepare_cache(self:DepthTrainer, st:Stage, objective:str, rope):
-    "Bring the cache to the stage's boundary: build it from the (now frozen) embeddings, then advance it one frozen unit at a time."
+    "Bring the cache to the stage's boundary: build it from the (now frozen) embeddings, then advance it one frozen unit at a time (with `fresh_batches`, refilled from the stage's own batches)."
     d, b = self.depth, len(st.left)
+    if self.cache is not None and d.fresh_batches: self.cache.close(); self.cache = None
     if self.cache is None:
         self.cache = ActivationCache(self.n_slots, self.shape, d.cache, d.cache_dtype, d.cache_budget, self.device)
         with torch.no_grad():
-            for slot in range(self.cache.n_cached): self.cache.put(slot, self._embed(self._batch(slot, st.band, objective)['input_ids'], False))
+            for slot in range(self.cache.n_cached):
+                self.cache.put(slot, self._embed(self._batch(self._slot0(st) + slot, st.band, objective)['input_ids'], False))
+    self._cache_stage = st.index
     while self.cache.boundary < b:
         j = self.cache.boundary
         with torch.no_grad(), autocast_ctx(self.policy, self.device), self.model.unit(j) as blocks:
@@ -372,7 +394,7 @@ def _train_step(self:DepthTrainer, st:Stage, objective:str, slots:list[int], rig
         mem.append(memory_mb(self.device))
         (scaler.scale(loss / len(slots)) if scaler else loss / len(slots)).backward()
         loss_t += loss.item() / len(slots); ce += s.item(); n += int(k)
-        cached = self.cache is not None and st.cacheable and slot in self.cache
+        cached = self._cached(st, slot)
         self.flops['train'] += stage_flops(st, self.units, self.fwd, self.B * self.T, cached, self.depth.checkpoint_frozen)['total']
     if scaler: scaler.unscale_(opt)
     gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or math.inf)
@@ -384,7 +406,7 @@ def _train_step(self:DepthTrainer, st:Stage, objective:str, slots:list[int], rig
     return dict(loss=loss_t, ce=ce / max(n, 1), lr=lr, grad_norm=gnorm.item(), n_tokens=len(slots) * self.B * self.T,
                 step_s=time.perf_counter() - t0, mem_mb=max(mem))
 
-for _f in (_blocks_of, _set_blocks, _trainable_unit, _batch, _embed, _stage_input, _prepare_cache, _train_step): setattr(DepthTrainer, _f.__name__, _f)
+for _f in (_blocks_of, _set_blocks, _trainable_unit, _batch, _embed, _stage_input, _cached, _prepare_cache, _train_step): setattr(DepthTrainer, _f.__name__, _f)
 
 # %% ../nbs/27_depth.ipynb #a262894b
 @torch.no_grad()
@@ -435,7 +457,7 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
         setup_s, eval_s = time.perf_counter() - t0, 0.0
         rack.train()
         for s in range(steps):
-            slots = [(s * c.grad_accum + a) % self.n_slots for a in range(c.grad_accum)]
+            slots = [self._slot0(st) + (s * c.grad_accum + a) % self.n_slots for a in range(c.grad_accum)]
             m = self._train_step(st, objective, slots, right, rope, opt, sched, scaler, params)
             self.step += 1; self.tokens += m['n_tokens']; mem.append(m['mem_mb'])
             row = dict(step=self.step, stage=st.index, phase=st.phase, units='+'.join(map(str, st.train)), objective=objective,

@@ -387,13 +387,14 @@ def layerwise_run(cfg:ModelConfig, train_data, # a BlockLoader (`token_batches`)
                   steps_per_layer:int=20, quant:str='nf4', # the frozen layers: nf4 or int8 (bitsandbytes), bf16 or fp32
                   dtype:str='amp_bf16', device='cpu', cache_dtype:str='bf16', lr:float=3e-4, warmup_steps:int=2, seed:int=0,
                   peak_tflops:float|None=None, # the MFU's denominator (None: `hardware.peak_tflops` of the device in the compute dtype)
-                  eval_batches:int=2, on_layer=None): # called as on_layer(row) after each layer, with its figures
-    "Train `cfg` layer by layer, left to right, on cached activations of a fixed set of batches, each layer quantized once trained; per-layer figures."
+                  eval_batches:int=2, on_layer=None, # called as on_layer(row) after each layer, with its figures
+                  fresh:bool=False): # each layer on batches no earlier layer saw (`DepthConfig.fresh_batches`), not one fixed set
+    "Train `cfg` layer by layer, left to right, on cached activations (of one fixed set of batches, or fresh ones per layer), each layer quantized once trained; per-layer figures."
     if steps_per_layer < 1: raise StackwiseError(f'steps_per_layer must be >= 1, got {steps_per_layer}')
     top = int(np.max(train_data.blocks.tokens))
     if top >= cfg.vocab_size: raise StackwiseError(f'the batches hold token {top}, past vocab_size={cfg.vocab_size}: raise vocab_size (bytes need 260)')
     depth = DepthConfig(mode='layerwise', curriculum='left2right', objective='clm', steps_per_stage=steps_per_layer, cache='device',
-                        cache_dtype=cache_dtype, frozen_dtype=quant, masters=False)
+                        cache_dtype=cache_dtype, frozen_dtype=quant, masters=False, fresh_batches=fresh)
     tc = TrainConfig(max_steps=steps_per_layer, lr=lr, warmup_steps=min(warmup_steps, steps_per_layer), dtype=dtype, seed=seed,
                      eval_batches=eval_batches, progress=False, mfu=False, tensorboard=False)
     rows, t_last = [], [time.perf_counter()]
