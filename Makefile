@@ -16,7 +16,7 @@ STAMP      := $(VENV)/.installed-$(DEPS_HASH)
 NB         ?=
 ARGS       ?=
 
-.PHONY: help install test report docs lab experiment execute readme clean
+.PHONY: help install test report docs lab experiment execute readme gpu-pack clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -58,6 +58,9 @@ execute: $(STAMP)  ## re-run every notebook's cells (slow ones too) and save the
 
 readme: $(STAMP)  ## regenerate README.md from nbs/index.ipynb
 	$(BIN)/stackwise readme
+
+gpu-pack: $(STAMP)  ## fill .gpu/ (git-ignored) with the wheels and data the GPU image lacks; prints the sizes, refuses past 60 MiB with the checkout
+	$(BIN)/stackwise gpu --pack $(if $(DATA),--data $(DATA),)
 
 clean:  ## remove build outputs (_site, _proc); keeps .venv and results/
 	rm -rf _site _proc

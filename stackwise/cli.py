@@ -70,6 +70,21 @@ def _docs(a):
     if bad: raise StackwiseError('the rendered site has broken links:\n  ' + '\n  '.join(bad))
     print(f'site: {index.resolve()}')
 
+def _gpu(a):
+    from stackwise import gpu
+    if a.pack:
+        gpu.build_pack(data_root=a.data); return
+    if a.unpack:
+        got = gpu.unpack(a.unpack, a.results)
+        print('\n'.join(f'unpacked {p}' for p in got) or 'nothing new to unpack'); return
+    if a.list:
+        df = gpu.list_parts(a.dry_run, a.results)
+        print(f'parts for {df.device.iloc[0]}{" (rehearsal)" if a.dry_run else ""}, in priority order:')
+        for r in df.itertuples(): print(f'{r.part:>12}  {r.planned_s:5d} s planned  {"done: " + r.done if r.done else "to do"}\n{"":>14}{r.title}')
+        return
+    summary = gpu.run_parts(a.budget, a.out, a.dry_run, a.only, a.force, a.results, a.data, a.scratch)
+    return 0 if summary.status.isin(['complete', 'done before']).any() or summary.status.str.startswith('not started').all() else 1
+
 def _report(a):
     from stackwise import experiments
     if not a.skip_experiments:
@@ -261,6 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
     s.set_defaults(func=_experiment)
 
+    from stackwise.gpu import gpu_instructions
+    s = sub.add_parser('gpu', help='the GPU evidence: every part that fits the budget, each into its own run folder and archive (--dry-run: a CPU rehearsal)',
+                       epilog=gpu_instructions(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument('--budget', type=float, default=540, help='seconds for all parts; a part starts only when its planned time fits what is left')
+    s.add_argument('--out', help="where each part's archive goes (the GPU machine's $OUT)")
+    s.add_argument('--dry-run', action='store_true', help='rehearse on the CPU: every part at tiny shapes (under 2 minutes)')
+    s.add_argument('--list', action='store_true', help='the parts, their planned time, and whether each is done for this GPU')
+    s.add_argument('--only', help='comma-separated parts to run (default: all, in priority order)')
+    s.add_argument('--force', action='store_true', help='run parts that results/ already holds for this GPU')
+    s.add_argument('--results', help='results folder (default: results/ of this checkout)')
+    s.add_argument('--data', help='local dataset copies (default: $STACKWISE_DATA)')
+    s.add_argument('--scratch', help='folder for files too large to travel (default: the temporary directory)')
+    s.add_argument('--pack', action='store_true', help='fill .gpu/ with the wheels and data the GPU image lacks (make gpu-pack)')
+    s.add_argument('--unpack', metavar='DIR', help="extract the archives the GPU machine sent back into results/")
+    s.set_defaults(func=_gpu)
+
     s = sub.add_parser('runs', help='list run folders under results/')
     s.add_argument('--experiment', help='only this experiment')
     s.add_argument('--all', action='store_true', help='include failed and incomplete runs')
@@ -373,3 +404,5 @@ def main(argv:list[str]|None=None) -> int:
         print('stackwise: interrupted', file=sys.stderr)
         return 130
     return rc or 0
+
+if __name__ == '__main__': sys.exit(main())  # python -m stackwise.cli: the GPU machine runs the package from the checkout, without an install

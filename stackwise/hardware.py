@@ -14,7 +14,8 @@ from .core import StackwiseError, read_json, write_json
 
 # %% auto #0
 __all__ = ['TORCH_DTYPES', 'DATASHEET_TFLOPS', 'dtype_key', 'gpu_model', 'datasheet_tflops', 'resolve_device', 'device_info',
-           'measure_matmul_tflops', 'peak_tflops', 'mfu', 'train_flops_per_token', 'plot_matmul_sweep']
+           'has_fp8', 'measure_matmul_tflops', 'measure_copy_gbps', 'peak_tflops', 'mfu', 'train_flops_per_token',
+           'plot_matmul_sweep']
 
 # %% ../nbs/02_hardware.ipynb #0be4261f
 _DTYPE_ALIASES = {'fp32': 'fp32', 'float32': 'fp32', 'float': 'fp32', 'tf32': 'tf32',
@@ -87,6 +88,11 @@ def device_info(device:str|torch.device|None=None) -> dict:
                 threads=torch.get_num_threads(), cores=os.cpu_count(), memory_gib=round(mem / 2**30, 1))
 
 # %% ../nbs/02_hardware.ipynb #075b7b51
+def has_fp8(device:str|torch.device|None=None) -> bool:
+    "Whether `device` multiplies fp8 matrices natively (CUDA compute capability >= 8.9, and a torch with `_scaled_mm`)."
+    dev = resolve_device(device)
+    return dev.type == 'cuda' and torch.cuda.get_device_capability(dev) >= (8, 9) and hasattr(torch, '_scaled_mm')
+
 @contextmanager
 def _tf32(enabled:bool):
     "Set TF32 for CUDA matmuls and cuDNN, restoring the previous setting."
@@ -102,21 +108,51 @@ def measure_matmul_tflops(dtype:str|torch.dtype='bf16', # fp32, tf32 (CUDA only)
                          ) -> float:
     "Achieved TFLOP/s of an `n`×`n` @ `n`×`n` matmul in `dtype` on `device`."
     key, dev = dtype_key(dtype), resolve_device(device)
-    if key == 'fp8': raise StackwiseError('the probe does not measure fp8 (it needs scaled matmuls): use the datasheet peak')
+    if key == 'fp8' and not has_fp8(dev):
+        raise StackwiseError('fp8 matmuls need a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper) and torch._scaled_mm: use the datasheet peak')
     if key == 'tf32' and dev.type != 'cuda': raise StackwiseError('tf32 is an NVIDIA tensor-core mode: measure fp32 on this device')
     if n < 1: raise StackwiseError(f'matrix size n must be positive, got {n}')
     g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=g).to(dev, TORCH_DTYPES[key]) for _ in range(2))
-    c = torch.empty_like(a)
+    if key == 'fp8':  # e4m3 operands (the second column-major, as cuBLASLt wants it), unit scales, a bf16 result
+        a, b = (torch.randn(n, n, generator=g).to(dev).to(torch.float8_e4m3fn) for _ in range(2))
+        b, one = b.t(), torch.ones((), device=dev)
+        mm = lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    else:
+        a, b = (torch.randn(n, n, generator=g).to(dev, TORCH_DTYPES[key]) for _ in range(2))
+        c = torch.empty_like(a)
+        mm = lambda: torch.mm(a, b, out=c)
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     def timed(reps):
         sync(); t0 = time.perf_counter()
-        for _ in range(reps): torch.mm(a, b, out=c)
+        for _ in range(reps): mm()
         sync(); return time.perf_counter() - t0
     with _tf32(key == 'tf32'):
         timed(2)  # warm-up: kernel selection, caches, clocks
         reps = max(1, math.ceil(min_time / max(timed(1), 1e-6)))
         return 2 * n**3 * reps / timed(reps) / 1e12
+
+# %% ../nbs/02_hardware.ipynb #e827c1dd
+def measure_copy_gbps(direction:str='copy', # copy (device to device) | h2d | d2h (pinned host memory and a CUDA device)
+                      mib:int=1024, # buffer size
+                      device:str|torch.device|None=None, min_time:float=0.5) -> float:
+    "Achieved GB/s (decimal) of copying a `mib` MiB buffer."
+    dev = resolve_device(device)
+    if direction not in ('copy', 'h2d', 'd2h'): raise StackwiseError(f"direction must be 'copy', 'h2d' or 'd2h', got {direction!r}")
+    if direction != 'copy' and dev.type != 'cuda': raise StackwiseError(f'{direction} copies between host and a CUDA device: this is {dev.type}')
+    if mib < 1: raise StackwiseError(f'mib must be >= 1, got {mib}')
+    n = mib * 2**20
+    on_dev = lambda: torch.empty(n, dtype=torch.uint8, device=dev)
+    host = lambda: torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    src, dst = (host() if direction == 'h2d' else on_dev()), (host() if direction == 'd2h' else on_dev())
+    src.fill_(1)
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    def timed(reps):
+        sync(); t0 = time.perf_counter()
+        for _ in range(reps): dst.copy_(src, non_blocking=True)
+        sync(); return time.perf_counter() - t0
+    timed(2)
+    reps = max(1, math.ceil(min_time / max(timed(1), 1e-6)))
+    return (2 if direction == 'copy' else 1) * n * reps / timed(reps) / 1e9
 
 # %% ../nbs/02_hardware.ipynb #ffa2319f
 def _cache_file() -> Path:
