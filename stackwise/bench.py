@@ -96,7 +96,7 @@ def plot_throughput(df:pd.DataFrame, # rows with `impl`, `tokens_per_s` and grou
     ax.set(ylabel='training tokens/s (median)', title=title); ax.legend(); ax.grid(axis='y', alpha=.3)
     return fig
 
-# %% ../nbs/40_bench.ipynb #273c6811
+# %% ../nbs/40_bench.ipynb #f203584f
 def _fresh_accelerate():
     "accelerate keeps one process-wide state and each trainer asks for its own mixed precision: each timed run starts from none."
     from accelerate.state import AcceleratorState

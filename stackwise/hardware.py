@@ -131,7 +131,7 @@ def measure_matmul_tflops(dtype:str|torch.dtype='bf16', # fp32, tf32 (CUDA only)
         reps = max(1, math.ceil(min_time / max(timed(1), 1e-6)))
         return 2 * n**3 * reps / timed(reps) / 1e12
 
-# %% ../nbs/02_hardware.ipynb #e827c1dd
+# %% ../nbs/02_hardware.ipynb #a34d7c3d
 def measure_copy_gbps(direction:str='copy', # copy (device to device) | h2d | d2h (pinned host memory and a CUDA device)
                       mib:int=1024, # buffer size
                       device:str|torch.device|None=None, min_time:float=0.5) -> float:
