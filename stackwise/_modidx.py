@@ -585,6 +585,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'stackwise.gpu.part': ('gpu.html#part', 'stackwise/gpu.py'),
                                'stackwise.gpu.plan_check_part': ('gpu.html#plan_check_part', 'stackwise/gpu.py'),
                                'stackwise.gpu.plot_layers': ('gpu.html#plot_layers', 'stackwise/gpu.py'),
+                               'stackwise.gpu.preflight': ('gpu.html#preflight', 'stackwise/gpu.py'),
                                'stackwise.gpu.run_part': ('gpu.html#run_part', 'stackwise/gpu.py'),
                                'stackwise.gpu.run_parts': ('gpu.html#run_parts', 'stackwise/gpu.py'),
                                'stackwise.gpu.slim_bitsandbytes': ('gpu.html#slim_bitsandbytes', 'stackwise/gpu.py'),

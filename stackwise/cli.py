@@ -80,7 +80,7 @@ def _gpu(a):
     if a.list:
         df = gpu.list_parts(a.dry_run, a.results)
         print(f'parts for {df.device.iloc[0]}{" (rehearsal)" if a.dry_run else ""}, in priority order:')
-        for r in df.itertuples(): print(f'{r.part:>12}  {r.planned_s:5d} s planned  {"done: " + r.done if r.done else "to do"}\n{"":>14}{r.title}')
+        for r in df.itertuples(): print(f'{r.part:>16}  {r.planned_s:5d} s planned  {"done: " + r.done if r.done else "to do"}\n{"":>18}{r.title}')
         return
     summary = gpu.run_parts(a.budget, a.out, a.dry_run, a.only, a.force, a.results, a.data, a.scratch)
     return 0 if summary.status.isin(['complete', 'done before']).any() or summary.status.str.startswith('not started').all() else 1
@@ -405,4 +405,4 @@ def main(argv:list[str]|None=None) -> int:
         return 130
     return rc or 0
 
-if __name__ == '__main__': sys.exit(main())  # python -m stackwise.cli: the GPU machine runs the package from the checkout, without an install
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # python -m stackwise.cli (not a notebook): the GPU machine runs the package from the checkout, without an install

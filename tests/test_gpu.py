@@ -18,7 +18,7 @@ def test_dry_run_every_part(tmp_path):
     summary = r.stdout[r.stdout.rindex('stackwise gpu:'):]
     assert summary.count(')  complete') == len(PARTS), summary
     archives = sorted(out.glob('*.tar.gz'))
-    assert len(archives) == len(PARTS) and len(PARTS) + 1 <= 8  # every archive and the command's log come back (8 files at most)
+    assert len(archives) == len(PARTS)  # one per part (on the GPU the driver stops at 7, the log being the 8th file back)
     runs = {}
     for p in PARTS.values():
         (run,) = list((results/p.experiment).iterdir())
