@@ -669,6 +669,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'stackwise.plan.fmt_seconds': ('plan.html#fmt_seconds', 'stackwise/plan.py'),
                                 'stackwise.plan.format_plan': ('plan.html#format_plan', 'stackwise/plan.py'),
                                 'stackwise.plan.frozen_bytes': ('plan.html#frozen_bytes', 'stackwise/plan.py'),
+                                'stackwise.plan.gpu_key': ('plan.html#gpu_key', 'stackwise/plan.py'),
                                 'stackwise.plan.head_activation_bytes': ('plan.html#head_activation_bytes', 'stackwise/plan.py'),
                                 'stackwise.plan.korthikanti_activation_bytes': ( 'plan.html#korthikanti_activation_bytes',
                                                                                  'stackwise/plan.py'),

@@ -30,7 +30,7 @@ from .rack import Rack, count_parameters, flops_per_token
 
 # %% auto #0
 __all__ = ['GPUS', 'GPU_RUNTIME_BYTES', 'ACTIVATION_MODELS', 'PLAN_MODES', 'parse_size', 'fmt_bytes', 'fmt_seconds', 'check_gpu',
-           'state_bytes_per_param', 'korthikanti_activation_bytes', 'stackwise_activation_bytes',
+           'gpu_key', 'state_bytes_per_param', 'korthikanti_activation_bytes', 'stackwise_activation_bytes',
            'head_activation_bytes', 'traced_activation_bytes', 'frozen_bytes', 'PlanSetup', 'layer_activation_bytes',
            'backward_overlap', 'plan_memory', 'fits', 'plan_flops', 'plan_time', 'plan', 'format_plan', 'verdict',
            'peak_components', 'plot_plans', 'token_batches', 'layerwise_run', 'save_frozen_rack', 'load_frozen_rack']
@@ -71,6 +71,13 @@ def check_gpu(gpu:str) -> dict:
     if key not in GPUS: raise StackwiseError(f'unknown gpu {gpu!r}: use one of {", ".join(GPUS)}')
     g = GPUS[key]
     return dict(g, key=key, bf16_tflops=DATASHEET_TFLOPS[g['name']]['bf16'])
+
+def gpu_key(device=None) -> str|None:
+    "The `GPUS` key of a CUDA device (an H100 PCIe plans as an h100), or `None` for a CPU or a GPU the planner does not list."
+    dev = hardware.resolve_device(device)
+    if dev.type != 'cuda': return None
+    model = hardware.gpu_model(torch.cuda.get_device_name(dev))
+    return next((k for k, g in GPUS.items() if g['name'] == model), 'h100' if model == 'H100 PCIe' else None)
 
 # %% ../nbs/51_plan.ipynb #3e9c0e4b
 _DT_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
