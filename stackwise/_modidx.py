@@ -576,6 +576,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'stackwise.gpu.done_run': ('gpu.html#done_run', 'stackwise/gpu.py'),
                                'stackwise.gpu.dtype_matrix_part': ('gpu.html#dtype_matrix_part', 'stackwise/gpu.py'),
                                'stackwise.gpu.effective_rate': ('gpu.html#effective_rate', 'stackwise/gpu.py'),
+                               'stackwise.gpu.evidence': ('gpu.html#evidence', 'stackwise/gpu.py'),
                                'stackwise.gpu.format_summary': ('gpu.html#format_summary', 'stackwise/gpu.py'),
                                'stackwise.gpu.gpu_instructions': ('gpu.html#gpu_instructions', 'stackwise/gpu.py'),
                                'stackwise.gpu.hardware_part': ('gpu.html#hardware_part', 'stackwise/gpu.py'),

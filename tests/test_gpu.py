@@ -44,6 +44,14 @@ def test_dry_run_every_part(tmp_path):
     listed = _gpu('--list', '--dry-run', '--results', str(results))
     assert listed.stdout.count('done: ') == len(PARTS) and 'to do' not in listed.stdout
     assert 'to do' in _gpu('--list', '--results', str(results)).stdout  # a rehearsal does not count for the GPU
+    from stackwise.gpu import evidence
+    ev = evidence(results, dry=True)  # what the report's GPU page shows, here for the rehearsal's runs
+    assert (ev.run != '').all() and (ev.headline.str.len() > 0).all(), ev[['part', 'headline']]
+    assert [Path(c).name for c in ev.set_index('part').charts['llama70b']] == ['layers.png']
+    import nbformat
+    page = nbformat.read(ROOT/'nbs'/'report'/'95_gpu.ipynb', as_version=4)
+    code = '\n'.join(c.source for c in page.cells if c.cell_type == 'code').replace('gpu.evidence()', f'gpu.evidence({str(results)!r}, dry=True)')
+    exec(compile(code, '95_gpu.ipynb', 'exec'), {})  # the page's cells render these runs without an error
     back = unpack(out, tmp_path/'back')
     assert sorted(p.relative_to(tmp_path/'back').parts[0] for p in back) == sorted(p.experiment for p in PARTS.values())
 
