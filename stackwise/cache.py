@@ -4,7 +4,7 @@
 
 # %% ../nbs/26_cache.ipynb #fe00cef9
 from __future__ import annotations
-import math, os, resource, secrets, tempfile
+import math, os, secrets, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from .qlora import quantize_nf4
 
 # %% auto #0
 __all__ = ['CACHE_PLACES', 'CACHE_DTYPES', 'FROZEN_DTYPES', 'OFFLOADS', 'check_choice', 'check_cache_budget', 'ActivationCache',
-           'quantize_int8', 'check_quantizable', 'module_bytes', 'FrozenUnits', 'rss_mb', 'memory_mb']
+           'quantize_int8', 'check_quantizable', 'module_bytes', 'FrozenUnits']
 
 # %% ../nbs/26_cache.ipynb #037621e1
 CACHE_PLACES = ('device', 'cpu', 'disk', 'none')
@@ -209,14 +209,3 @@ class FrozenUnits:
 
     def resident_bytes(self) -> int: return sum(self.nbytes[u] for u in self.resident)
     def offloaded_bytes(self) -> int: return sum(v for u, v in self.nbytes.items() if u not in self.resident)
-
-# %% ../nbs/26_cache.ipynb #168574f5
-def rss_mb() -> float:
-    "This process's resident memory now, in MiB (Linux; elsewhere its peak)."
-    try: return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-    except (OSError, ValueError, IndexError): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-def memory_mb(device) -> float:
-    "What the trainer samples: CUDA memory allocated now, or this process's resident memory."
-    device = torch.device(device)
-    return torch.cuda.memory_allocated(device) / 2**20 if device.type == 'cuda' else rss_mb()

@@ -18,7 +18,7 @@ from .core import StackwiseError, project_root
 
 # %% auto #0
 __all__ = ['REGISTRY_FILE', 'TASK_COLUMNS', 'SYNTHETIC_BANNER', 'registry', 'dataset_spec', 'datasets_table', 'data_root',
-           'local_files', 'hub_offline', 'MarkovSource', 'synthetic_multilabel', 'label_frequencies',
+           'local_files', 'hub_offline', 'hub_reachable', 'MarkovSource', 'synthetic_multilabel', 'label_frequencies',
            'most_frequent_label', 'single_label', 'synthetic_corpus', 'load_dataset', 'count_split', 'check_counts']
 
 # %% ../nbs/05_datasets.ipynb #f0401cb6
@@ -151,6 +151,15 @@ def hub_offline() -> bool:
     from huggingface_hub import constants
     on = lambda v: os.environ.get(v, '').strip().upper() in ('1', 'ON', 'YES', 'TRUE')
     return on('HF_HUB_OFFLINE') or on('HF_DATASETS_OFFLINE') or bool(constants.HF_HUB_OFFLINE)
+
+@lru_cache
+def hub_reachable(host:str='huggingface.co', timeout:float=3.0) -> bool:
+    "Whether the dataset hub answers (checked once per process; never under `hub_offline()`)."
+    import socket
+    if hub_offline(): return False
+    try: socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError: return False
+    return True
 
 def _unavailable(spec:dict, split:str, tried:list[str]) -> StackwiseError:
     "The one error for a dataset that no source could provide."

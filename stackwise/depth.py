@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import Block
 from .cache import (CACHE_DTYPES, CACHE_PLACES, FROZEN_DTYPES, OFFLOADS, ActivationCache, FrozenUnits, check_cache_budget,
-                             check_choice, check_quantizable, memory_mb, rss_mb)
+                             check_choice, check_quantizable)
 from .collators import SCHEDULES
 from .config import ModelConfig, load_config
 from .core import StackwiseError, read_json, write_json
@@ -24,10 +24,10 @@ from .curricula import FULL, Stage, check_plan, forward_flops, plan_stages, stag
 from .depth_time import MASK_RANGE, check_band, check_mask_range, mask_time, noise_bands, noisy_batch, objective_loss, unit_of_time
 from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
 from .generation import diffusion_generate, generate
-from .hardware import resolve_device
+from .hardware import memory_mb, peak_memory_mb, resolve_device, rss_mb
 from .rack import Rack, count_parameters
 from .runs import Run
-from .trainer import (_UNHASHED, TrainConfig, _first_batches, _param_groups, _peak_mem_mb, _sha256, load_checkpoint, lr_factor,
+from .trainer import (_UNHASHED, TrainConfig, _first_batches, _param_groups, _sha256, load_checkpoint, lr_factor,
                                plot_training, rng_state, save_checkpoint, set_pointer, set_rng_state)
 
 # %% auto #0
@@ -463,7 +463,7 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
             row = dict(step=self.step, stage=st.index, phase=st.phase, units='+'.join(map(str, st.train)), objective=objective,
                        loss=m['loss'], ce=m['ce'], lr=m['lr'], grad_norm=m['grad_norm'], tokens=self.tokens,
                        tokens_per_s=m['n_tokens'] / m['step_s'], step_s=m['step_s'], flops=sum(self.flops.values()),
-                       mem_mb=m['mem_mb'], peak_mem_mb=_peak_mem_mb(self.device))
+                       mem_mb=m['mem_mb'], peak_mem_mb=peak_memory_mb(self.device))
             if c.eval_every and self.step % c.eval_every == 0 and s < steps - 1:
                 te = time.perf_counter(); row.update(self.evaluate(objective) or {}); eval_s += time.perf_counter() - te
             self._log(row)
@@ -583,7 +583,7 @@ def _finish(self:DepthTrainer, seconds:float) -> dict:
                tokens=self.tokens, flops=sum(self.flops.values()), **{f'{k}_flops': v for k, v in self.flops.items()},
                val_loss=last.get('val_loss'), val_ce=last.get('val_ce'), wall_s=seconds, train_s=train_s,
                tokens_per_s=self.tokens / train_s if train_s else None,
-               stage_mem_mb=max((x['stage_mem_mb'] for x in s), default=None), peak_mem_mb=_peak_mem_mb(self.device),
+               stage_mem_mb=max((x['stage_mem_mb'] for x in s), default=None), peak_mem_mb=peak_memory_mb(self.device),
                cache_bytes=max((x['cache_bytes'] for x in s), default=0), frozen_resident_bytes=self.frozen.resident_bytes(),
                untied_head=bool(self.untied))
     if self.run is not None:
@@ -679,7 +679,7 @@ def run_spec(spec:dict) -> dict:
     out = trainer.fit()
     if spec.get('causal_fusion'): out['causal_fusion'] = trainer.causal_fusion(spec['causal_fusion'])
     if spec.get('evaluate'): out['downstream'] = _downstream(trainer.assemble(), tok, spec['evaluate'], root)
-    return dict(out, base_rss_mb=base, peak_rss_mb=_peak_mem_mb(torch.device('cpu')), params=count_parameters(mcfg),
+    return dict(out, base_rss_mb=base, peak_rss_mb=peak_memory_mb(torch.device('cpu')), params=count_parameters(mcfg),
                 planned_steps=trainer.steps, stages_summary=trainer.summaries, history=trainer.history)
 
 def run_fresh(spec:dict, timeout:int|None=None, env:dict|None=None,

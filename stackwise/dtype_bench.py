@@ -4,10 +4,9 @@
 
 # %% ../nbs/22_dtype_bench.ipynb #27d121f0
 from __future__ import annotations
-import dataclasses, gc, math, os, shutil, socket, time, traceback
+import dataclasses, gc, math, os, shutil, time, traceback
 from collections import Counter
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 from .collators import ClassificationCollator, CLMCollator, MLMCollator
 from .config import ModelConfig, load_config
 from .core import StackwiseError, atomic_write, write_json
-from .datasets import (MarkovSource, data_root, dataset_spec, hub_offline, label_frequencies, load_dataset, local_files,
+from .datasets import (MarkovSource, data_root, dataset_spec, hub_reachable, label_frequencies, load_dataset, local_files,
                                 most_frequent_label, synthetic_multilabel)
 from .dtypes import POLICIES, DtypePolicy, dtype_policy
 from .hardware import device_info, resolve_device, train_flops_per_token
@@ -30,10 +29,10 @@ from .trainer import LM_OBJECTIVES, TrainConfig, Trainer, _first_batches, _model
 
 # %% auto #0
 __all__ = ['SCENARIOS', 'DTYPE_CONFIGS', 'PRESETS', 'SIZES', 'DATA_SOURCES', 'STATUSES', 'SEED_GPUS', 'KNOWN_GPUS', 'Scenario',
-           'scenario_for', 'dtype_config', 'model_config', 'hub_reachable', 'BenchData', 'prepare_data', 'CellSpec',
-           'loaders', 'build_model', 'bench_flops_per_token', 'f1_scores', 'validate', 'state_bytes', 'summarize',
-           'run_cell', 'matrix_specs', 'run_matrix', 'load_matrix', 'throughput_probe', 'first_batch',
-           'fp16_adamw_probe', 'hardware_check']
+           'scenario_for', 'dtype_config', 'model_config', 'BenchData', 'prepare_data', 'CellSpec', 'loaders',
+           'build_model', 'bench_flops_per_token', 'f1_scores', 'validate', 'state_bytes', 'summarize', 'run_cell',
+           'matrix_specs', 'run_matrix', 'load_matrix', 'throughput_probe', 'first_batch', 'fp16_adamw_probe',
+           'hardware_check']
 
 # %% ../nbs/22_dtype_bench.ipynb #2b1591c8
 @dataclass(frozen=True)
@@ -103,14 +102,6 @@ def model_config(arch:str, size:str, vocab_size:int, seq_len:int, pad_token_id:i
 
 # %% ../nbs/22_dtype_bench.ipynb #bf18a9de
 DATA_SOURCES = ('auto', 'hub', 'local', 'synthetic')
-
-@lru_cache
-def hub_reachable(host:str='huggingface.co', timeout:float=3.0) -> bool:
-    "Whether the dataset hub answers (checked once per process; never under HF_HUB_OFFLINE)."
-    if hub_offline(): return False
-    try: socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError: return False
-    return True
 
 def _use_hub(source:str) -> bool:
     if source == 'hub' and not hub_reachable():

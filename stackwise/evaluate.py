@@ -177,10 +177,10 @@ def load_model(spec:str, # hf:NAME, a saved Rack / checkpoint / run folder, or a
 # %% ../nbs/32_evaluate.ipynb #6d73eb7f
 def _efficiency(model, seq_len:int) -> dict:
     from stackwise.rack import Rack, flops_per_token
-    from stackwise.trainer import _peak_mem_mb
+    from stackwise.hardware import peak_memory_mb
     n = sum(p.numel() for p in model.parameters())
     fwd = flops_per_token(model.cfg, seq_len) / 3 if isinstance(model, Rack) else 2 * n  # training is 3 forward passes' worth
-    return dict(params=n, forward_flops_per_token=fwd, peak_mem_mb=_peak_mem_mb(next(model.parameters()).device))
+    return dict(params=n, forward_flops_per_token=fwd, peak_mem_mb=peak_memory_mb(next(model.parameters()).device))
 
 def evaluate(model_spec:str, tasks:list[str], limit:int|None=None, tokenizer=None, root=None, results=None,
              device:str='cpu', progress:bool=True, tensorboard:bool=True, **kw) -> pd.DataFrame:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_hardware.ipynb #09fde2e3
 from __future__ import annotations
-import datetime, math, os, platform, re, time
+import datetime, math, os, platform, re, resource, time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,8 +14,8 @@ from .core import StackwiseError, read_json, write_json
 
 # %% auto #0
 __all__ = ['TORCH_DTYPES', 'DATASHEET_TFLOPS', 'dtype_key', 'gpu_model', 'datasheet_tflops', 'resolve_device', 'device_info',
-           'has_fp8', 'measure_matmul_tflops', 'measure_copy_gbps', 'peak_tflops', 'mfu', 'train_flops_per_token',
-           'plot_matmul_sweep']
+           'has_fp8', 'measure_matmul_tflops', 'measure_copy_gbps', 'rss_mb', 'memory_mb', 'peak_memory_mb',
+           'peak_tflops', 'mfu', 'train_flops_per_token', 'plot_matmul_sweep']
 
 # %% ../nbs/02_hardware.ipynb #0be4261f
 _DTYPE_ALIASES = {'fp32': 'fp32', 'float32': 'fp32', 'float': 'fp32', 'tf32': 'tf32',
@@ -153,6 +153,23 @@ def measure_copy_gbps(direction:str='copy', # copy (device to device) | h2d | d2
     timed(2)
     reps = max(1, math.ceil(min_time / max(timed(1), 1e-6)))
     return (2 if direction == 'copy' else 1) * n * reps / timed(reps) / 1e9
+
+# %% ../nbs/02_hardware.ipynb #e6c05fa4
+def rss_mb() -> float:
+    "This process's resident memory now, in MiB (Linux; elsewhere its peak)."
+    try: return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+    except (OSError, ValueError, IndexError): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def memory_mb(device) -> float:
+    "Memory in use now on `device`: CUDA memory allocated, or this process's resident memory."
+    device = torch.device(device)
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == 'cuda' else rss_mb()
+
+def peak_memory_mb(device) -> float:
+    "The peak: CUDA memory allocated at most since the last reset, or this process's peak resident memory (Linux reports KiB)."
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 # %% ../nbs/02_hardware.ipynb #ffa2319f
 def _cache_file() -> Path:

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .blocks import Block
 from . import hardware
-from .cache import CACHE_DTYPES, FROZEN_DTYPES, FrozenUnits, check_choice, rss_mb
+from .cache import CACHE_DTYPES, FROZEN_DTYPES, FrozenUnits, check_choice
 from .config import config_dict
 from .core import read_json, write_json
 from .depth import DepthConfig, DepthTrainer, _materialize_shell, lazy_rack, run_blocks
@@ -413,7 +413,7 @@ def layerwise_run(cfg:ModelConfig, train_data, # a BlockLoader (`token_batches`)
                    loss_min=float(h.loss.min()), val_loss=s.get('val_loss'), tokens=s['tokens'], setup_s=s['setup_s'], train_s=s['train_s'], layer_s=now - t_last[0],
                    tokens_per_s=s['tokens'] / s['train_s'], train_flops=s['train_flops'], cache_fill_flops=s['cache_fill_flops'],
                    mfu=s['train_flops'] / s['train_s'] / (peak * 1e12), peak_mem_mb=s['stage_mem_mb'],
-                   reserved_mb=torch.cuda.max_memory_reserved(trainer.device) / 2**20 if cuda else rss_mb(),
+                   reserved_mb=torch.cuda.max_memory_reserved(trainer.device) / 2**20 if cuda else hardware.rss_mb(),
                    frozen_mb=s['frozen_resident_bytes'] / 2**20, cache_mb=s['cache_bytes'] / 2**20, trainable_params=s['trainable_params'])
         rows.append(row); t_last[0] = now
         if cuda: torch.cuda.reset_peak_memory_stats(trainer.device)

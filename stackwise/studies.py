@@ -43,8 +43,7 @@ def study_texts(data:str, # a registry name (tinyshakespeare, europarl_fr_en, wi
                 val_fraction:float=0.1, # the last part held out for validation
                ) -> dict:
     "Training and validation texts of `data` and a sentence saying what they are: the local copy, else the hub, else (loudly) the synthetic Markov language."
-    from stackwise.datasets import MarkovSource, data_root, dataset_spec, load_dataset, local_files
-    from stackwise.dtype_bench import hub_reachable
+    from stackwise.datasets import MarkovSource, data_root, dataset_spec, hub_reachable, load_dataset, local_files
     spec, why = (None, 'asked for') if data == 'synthetic' else (dataset_spec(data), None)
     if spec is not None:
         split = 'train' if 'train' in spec.get('local', {}).get('files', {}) else 'test'
@@ -88,8 +87,7 @@ def pretrained_backpack(model:str='stanfordnlp/backpack-gpt2', # a hub id or a l
                        ) -> tuple:
     "The pretrained Backpack and its tokenizer, from a local folder, the Hugging Face cache or the hub; a `StackwiseError` saying why and what to do when none has it."
     from transformers import AutoModelForCausalLM
-    from stackwise.datasets import hub_offline
-    from stackwise.dtype_bench import hub_reachable
+    from stackwise.datasets import hub_offline, hub_reachable
     from stackwise.tokenization import pretrained_tokenizer
     from huggingface_hub import try_to_load_from_cache
     local = Path(model).is_dir()
@@ -167,12 +165,12 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
                    ) -> dict:
     "Train one model of a study with the classical `Trainer` into `spec['run_dir']` (metrics.csv, metrics.json, charts/), restore its best validation checkpoint, and measure it."
     from safetensors.torch import load_model
-    from stackwise.cache import rss_mb
+    from stackwise.hardware import peak_memory_mb, rss_mb
     from stackwise.packing import BlockLoader, TokenBlocks, packed_corpus
     from stackwise.runs import Run
     from stackwise.scoring import text_perplexity
     from stackwise.tokenization import bits_per_byte
-    from stackwise.trainer import Trainer, TrainConfig, _peak_mem_mb, load_checkpoint
+    from stackwise.trainer import Trainer, TrainConfig, load_checkpoint
     torch.set_num_threads(spec.get('threads', 1))
     base = rss_mb() if base is None else base
     texts = study_texts(spec['data'], spec.get('data_root'), spec.get('val_fraction', 0.1))
@@ -190,7 +188,7 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
     t0 = time.perf_counter()
     out = trainer.fit()
     train_s = time.perf_counter() - t0
-    peak = _peak_mem_mb(torch.device('cpu'))
+    peak = peak_memory_mb(torch.device('cpu'))
     ck = Path(spec['run_dir'])/'checkpoints'
     if out['best_step'] is not None: load_model(trainer.module, str(load_checkpoint(ck, 'best')[0]/'model.safetensors'))
     val_tokens = len(ids['val']) - 1
@@ -223,7 +221,7 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
 def train_study_runs(spec:dict, # `runs`: a list of `train_study_run` specs, one model's seeds
                     ) -> dict:
     "`train_study_run` of each spec in turn, in this process (`depth.run_fresh` runs it in a new one): `{'results': [...]}`."
-    from stackwise.cache import rss_mb
+    from stackwise.hardware import rss_mb
     base = rss_mb()
     return dict(results=[train_study_run(s, base) for s in spec['runs']])
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_trainer.ipynb #dc5f645b
 from __future__ import annotations
-import dataclasses, hashlib, json, math, os, random, resource, secrets, shutil, time
+import dataclasses, hashlib, json, math, os, random, secrets, shutil, time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
@@ -19,6 +19,7 @@ from .attention import use_fast_attention
 from .collators import IGNORE, CLMCollator, MLMCollator
 from .core import StackwiseError, atomic_write, read_json, write_json
 from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
+from .hardware import peak_memory_mb
 from .runs import Run
 
 # %% auto #0
@@ -214,10 +215,6 @@ def _no_accelerator() -> bool:
     "No GPU: accelerate then needs `cpu=True` to see a torchrun launch as multi-CPU DDP (gloo) instead of one process."
     acc = getattr(torch, 'accelerator', None)
     return (acc.current_accelerator() is None) if acc is not None else not torch.cuda.is_available()
-
-def _peak_mem_mb(device) -> float:
-    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS (Linux: KiB)
 
 # %% ../nbs/21_trainer.ipynb #f600dcca
 class Trainer:
@@ -458,7 +455,7 @@ def fit(self:Trainer, resume:bool|str|Path=False, # True: this run's latest chec
         self.step += 1; self.tokens += m['n_tokens']
         tps = m['n_tokens'] / dt
         row = dict(step=self.step, loss=m['loss'], lr=m['lr'], grad_norm=m['grad_norm'], targets=m['n_targets'], tokens=self.tokens,
-                   tokens_per_s=tps, mfu=self._mfu(tps, _inputs(blocks[0])[1]), peak_mem_mb=_peak_mem_mb(self.acc.device),
+                   tokens_per_s=tps, mfu=self._mfu(tps, _inputs(blocks[0])[1]), peak_mem_mb=peak_memory_mb(self.acc.device),
                    step_s=dt, scale=self.scaler.get_scale() if self.scaler else None)
         if c.eval_every and (self.step % c.eval_every == 0 or self.step == c.max_steps):
             row['val_loss'] = self.evaluate()
