@@ -28,11 +28,10 @@ from .tokenization import ByteTokenizer, Tokenizer, train_bpe
 from .trainer import LM_OBJECTIVES, TrainConfig, Trainer, _first_batches, _model_flops_per_token, loss_sum, n_targets
 
 # %% auto #0
-__all__ = ['SCENARIOS', 'DTYPE_CONFIGS', 'PRESETS', 'SIZES', 'DATA_SOURCES', 'STATUSES', 'SEED_GPUS', 'KNOWN_GPUS', 'Scenario',
-           'scenario_for', 'dtype_config', 'model_config', 'BenchData', 'prepare_data', 'CellSpec', 'loaders',
-           'build_model', 'bench_flops_per_token', 'f1_scores', 'validate', 'state_bytes', 'summarize', 'run_cell',
-           'matrix_specs', 'run_matrix', 'load_matrix', 'throughput_probe', 'first_batch', 'fp16_adamw_probe',
-           'hardware_check']
+__all__ = ['SCENARIOS', 'DTYPE_CONFIGS', 'PRESETS', 'SIZES', 'DATA_SOURCES', 'STATUSES', 'SEED_GPUS', 'Scenario', 'scenario_for',
+           'dtype_config', 'model_config', 'BenchData', 'prepare_data', 'CellSpec', 'loaders', 'build_model',
+           'bench_flops_per_token', 'f1_scores', 'validate', 'state_bytes', 'summarize', 'run_cell', 'matrix_specs',
+           'run_matrix', 'load_matrix', 'throughput_probe', 'first_batch', 'fp16_adamw_probe', 'hardware_check']
 
 # %% ../nbs/22_dtype_bench.ipynb #2b1591c8
 @dataclass(frozen=True)
@@ -545,8 +544,7 @@ def fp16_adamw_probe(spec:CellSpec, data:BenchData) -> dict:
     return out
 
 # %% ../nbs/22_dtype_bench.ipynb #0e099eea
-SEED_GPUS = ('RTX A6000', 'A40')  # the seed's budget plan
-KNOWN_GPUS = SEED_GPUS + ('A100', 'H100 SXM', 'H100 PCIe', 'H200', 'L40S', 'L4', 'V100')
+SEED_GPUS = ('RTX A6000', 'A40')  # the seed's budget plan; a recognised GPU is any with a datasheet peak (`hardware.DATASHEET_TFLOPS`)
 
 def hardware_check(device:str|torch.device='auto') -> dict:
     "The device of a run, whether the seed plans for it, and what its numbers can be compared with."
@@ -557,7 +555,7 @@ def hardware_check(device:str|torch.device='auto') -> dict:
         notes = [] if model in SEED_GPUS else [f'{info["name"]} is not one of the seed\'s GPUs ({", ".join(SEED_GPUS)})'
                                                + ('' if model else '; no datasheet peak: MFU uses a measured probe')]
         if major < 8: notes.append(f'compute capability {info["capability"]} < 8.0: no native bf16, bf16 configurations are emulated or fail')
-        return dict(info, recognised=model in KNOWN_GPUS, seed_gpu=model in SEED_GPUS, bf16_native=major >= 8,
+        return dict(info, recognised=model is not None, seed_gpu=model in SEED_GPUS, bf16_native=major >= 8,
                     note='; '.join(notes) or 'one of the seed\'s GPUs')
     return dict(info, recognised=True, seed_gpu=False, bf16_native=None,
                 note='CPU: every configuration runs (autocast fp16 with a GradScaler, bitsandbytes 8-bit AdamW), but fp16 matmuls '
