@@ -24,7 +24,8 @@ def _hardware(a):
               f'({"datasheet" if info["type"] == "cuda" and hardware.datasheet_tflops(info["name"], key) else "measured"})')
 
 def _model(a):
-    from stackwise import config, rack
+    from stackwise import config
+    from stackwise.models import rack
     if a.list or not a.config:
         print('\n'.join(config.list_presets())); return
     cfg = config.load_config(a.config, a.set)
@@ -35,7 +36,7 @@ def _model(a):
     print(f'training FLOPs per token at T={cfg.max_seq_len}: {rack.flops_per_token(cfg):.4g}')
 
 def _plan(a):
-    from stackwise import plan as sp
+    from stackwise.train import plan as sp
     kw = dict(batch=a.batch, seq=a.seq, dtype=a.dtype, frozen_dtype=a.frozen_dtype, cache_dtype=a.cache_dtype, cache_batches=a.cache_batches,
               activations=a.activations, host_ram=a.host_ram, disk=a.disk, keep_masters=not a.no_masters)
     gpu = None if a.gpu == 'cpu' else a.gpu
@@ -46,7 +47,7 @@ def _plan(a):
     for p in plans: print(sp.verdict(p))
 
 def _experiment(a):
-    from stackwise import experiments
+    from stackwise.report import experiments
     if a.list or not a.name:
         for n in experiments.list_experiments():
             print(n + '  ' + ' '.join(f'{k}={v!r}' for k, v in experiments.experiment_parameters(n).items()))
@@ -64,14 +65,14 @@ def _runs(a):
         print(df[cols].to_string(index=False))
 
 def _docs(a):
-    from stackwise import site
+    from stackwise.report import site
     index = site.render_site(a.out, results=a.results, quarto=False if a.no_quarto else None)
     bad = site.check_site(index.parent)
     if bad: raise StackwiseError('the rendered site has broken links:\n  ' + '\n  '.join(bad))
     print(f'site: {index.resolve()}')
 
 def _gpu(a):
-    from stackwise import gpu
+    from stackwise.bench import gpu
     if a.pack:
         gpu.build_pack(data_root=a.data); return
     if a.unpack:
@@ -86,7 +87,7 @@ def _gpu(a):
     return 0 if summary.status.isin(['complete', 'done before']).any() or summary.status.str.startswith('not started').all() else 1
 
 def _report(a):
-    from stackwise import experiments
+    from stackwise.report import experiments
     if not a.skip_experiments:
         for name, params in experiments.DEFAULT_EXPERIMENTS.items():
             print(f'experiment {name} {params}', file=sys.stderr)
@@ -94,11 +95,11 @@ def _report(a):
     _docs(a)
 
 def _readme(a):
-    from stackwise import site
+    from stackwise.report import site
     print(f'{site.write_readme(check=a.check)} {"is in step" if a.check else "written"}')
 
 def _data(a):
-    from stackwise import datasets as sd
+    from stackwise.data import sources as sd
     root = sd.data_root(a.data)
     if a.action == 'list':
         table = sd.datasets_table()
@@ -129,8 +130,8 @@ def _preset(family:str, name:str) -> str:
 def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
     "`key=value` pairs: TrainConfig fields (values read as YAML), `model.field=value` model overrides, `depth.field=value` DepthConfig fields."
     import dataclasses, yaml
-    from stackwise.depth import DepthConfig
-    from stackwise.trainer import TrainConfig
+    from stackwise.train.depth import DepthConfig
+    from stackwise.train.trainer import TrainConfig
     fields, train, model, depth = {f.name for f in dataclasses.fields(TrainConfig)}, {}, [], {}
     depth_fields = {f.name for f in dataclasses.fields(DepthConfig)}
     for kv in pairs:
@@ -145,8 +146,8 @@ def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
 
 def _lm_blocks(data:str, tok, block_size:int, split:str, seed:int):
     "Token blocks of a registry LM dataset, or of the synthetic known-entropy language (`synthetic`)."
-    from stackwise.datasets import load_dataset, synthetic_corpus
-    from stackwise.packing import TokenBlocks, packed_corpus
+    from stackwise.data.sources import load_dataset, synthetic_corpus
+    from stackwise.data.packing import TokenBlocks, packed_corpus
     texts = (synthetic_corpus(n_docs=64 if split == 'train' else 8, seed=seed, sample_seed=int(split != 'train'))[0]  # held-out text of the same language
              if data == 'synthetic' else load_dataset(data, split))
     return TokenBlocks(packed_corpus(texts, tok, progress=False), block_size)
@@ -154,12 +155,12 @@ def _lm_blocks(data:str, tok, block_size:int, split:str, seed:int):
 def _train(a):
     import dataclasses, torch
     from stackwise.config import load_config
-    from stackwise.depth import DepthConfig, DepthTrainer, check_depth, lazy_rack
-    from stackwise.packing import BlockLoader
-    from stackwise.rack import Rack
+    from stackwise.train.depth import DepthConfig, DepthTrainer, check_depth, lazy_rack
+    from stackwise.data.packing import BlockLoader
+    from stackwise.models.rack import Rack
     from stackwise.runs import start_run
-    from stackwise.tokenization import get_tokenizer
-    from stackwise.trainer import TrainConfig, Trainer
+    from stackwise.data.tokenization import get_tokenizer
+    from stackwise.train.trainer import TrainConfig, Trainer
     train_over, model_over, depth_over = _split_overrides(a.overrides)
     depth = bool(a.mode or a.curriculum or a.noise_schedule or depth_over)  # any depth-as-time flag: the depth-as-time trainer
     objective = a.objective or ('diffusion' if depth else 'clm')
@@ -186,7 +187,7 @@ def _train(a):
 
 def _bench(a):
     import datasets, logging
-    from stackwise import dtype_bench as db
+    from stackwise.bench import dtype_matrix as db
     from stackwise.runs import check_name, new_run_id, results_root
     spec = db.CellSpec(a.model_arch, a.task, a.dtype_config, size=a.size, model_source=a.model_source, batch_size=a.batch_size,
                        grad_accum=a.grad_accum, max_steps=a.max_steps, seq_len=a.seq_len, lr=a.lr, warmup_steps=a.warmup_steps,
@@ -207,7 +208,7 @@ def _bench(a):
 
 def _lm_eval(a):
     "lm-eval's own command line, with the `stackwise` model registered."
-    import stackwise.lm_eval_adapter  # registers the model name 'stackwise' with lm-eval
+    import stackwise.eval.lm_eval_adapter  # registers the model name 'stackwise' with lm-eval
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
     saved = sys.argv
@@ -219,11 +220,11 @@ def _lm_eval(a):
 def _evaluate(a):
     tasks = [t.strip() for t in a.tasks.split(',') if t.strip()]
     if a.finetune:
-        from stackwise.finetune import finetune_table
+        from stackwise.eval.finetune import finetune_table
         kw = {k: v for k, v in dict(max_len=a.max_len, steps=a.steps, lr=a.lr, batch_size=a.batch_size).items() if v is not None}
         table = finetune_table(a.model, tasks, limit=a.limit, tokenizer=a.tokenizer, root=a.data, results=a.results, device=a.device, **kw)
     else:
-        from stackwise.evaluate import evaluate
+        from stackwise.eval.harness import evaluate
         kw = {k: v for k, v in dict(max_len=a.max_len, stride=a.stride, masked_scoring=a.masked_scoring, n_samples=a.samples).items() if v is not None}
         table = evaluate(a.model, tasks, limit=a.limit, tokenizer=a.tokenizer, root=a.data, results=a.results, device=a.device, **kw)
     print(table.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
@@ -269,14 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_plan)
 
     s = sub.add_parser('experiment', help='run an experiment notebook (papermill) into a new run folder')
-    s.add_argument('name', nargs='?', help='experiment notebook nbs/NAME.ipynb; omit to list them')
+    s.add_argument('name', nargs='?', help='experiment notebook nbs/experiments/NAME.ipynb; omit to list them')
     s.add_argument('-p', '--param', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
                    help='set a parameter of the notebook (value read as YAML: 512 is an int)')
     s.add_argument('--list', action='store_true', help='list experiments and their parameters')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
     s.set_defaults(func=_experiment)
 
-    from stackwise.gpu import gpu_instructions
+    from stackwise.bench.gpu import gpu_instructions
     s = sub.add_parser('gpu', help='the GPU evidence: every part that fits the budget, each into its own run folder and archive (--dry-run: a CPU rehearsal)',
                        epilog=gpu_instructions(), formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument('--budget', type=float, default=540, help='seconds for all parts; a part starts only when its planned time fits what is left')

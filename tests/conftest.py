@@ -30,7 +30,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope='session')
 def hardware_results(tmp_path_factory):
     "A results folder with one complete, tiny hardware run."
-    from stackwise.experiments import run_experiment
+    from stackwise.report.experiments import run_experiment
     results = tmp_path_factory.mktemp('results')
     run_experiment('hardware', dict(size=256, min_time=0.02), results=results, root=ROOT, progress=False)
     return results

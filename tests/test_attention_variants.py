@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stackwise.attention import Attention, KVCache
-from stackwise.attention_variants import MLA, LinearAttention
+from stackwise.models.attention import Attention, KVCache
+from stackwise.models.attention_variants import MLA, LinearAttention
 from stackwise.config import ModelConfig, load_config
-from stackwise.rack import Rack, count_parameters
+from stackwise.models.rack import Rack, count_parameters
 
 TOL = 1e-5
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from stackwise.core import StackwiseError
-from stackwise import datasets as sd
-from stackwise.collators import (IGNORE, ClassificationCollator, CLMCollator, MaskDiffusionCollator, MLMCollator, NERCollator,
+from stackwise.data import sources as sd
+from stackwise.data.collators import (IGNORE, ClassificationCollator, CLMCollator, MaskDiffusionCollator, MLMCollator, NERCollator,
                                  SCHEDULES, SpanQACollator, diffusion_loss, elbo_weight, mask_ratio)
-from stackwise.packing import BlockLoader, TokenBlocks, load_tokens, pack_tokens, packed_corpus, stream_blocks
-from stackwise.tokenization import ByteTokenizer, bits_per_byte, get_tokenizer, train_bpe, utf8_bytes
+from stackwise.data.packing import BlockLoader, TokenBlocks, load_tokens, pack_tokens, packed_corpus, stream_blocks
+from stackwise.data.tokenization import ByteTokenizer, bits_per_byte, get_tokenizer, train_bpe, utf8_bytes
 
 SEED_DATASETS = {'wikitext2', 'wikitext103', 'openwebtext', 'tinyshakespeare', 'eurlex', 'europarl_fr_en', 'sst2', 'mnli',
                  'snli', 'stsb', 'squad', 'squad_v2', 'conll2003', 'lambada', 'piqa', 'hellaswag', 'cnn_dailymail',
@@ -117,7 +117,7 @@ def test_relative_data_root_is_from_the_project_root(monkeypatch, tmp_path):
 
 def test_offline_hub_fails_fast_with_one_clear_message():
     "In a fresh process with the hub switched off, a hub-only dataset fails within a second, naming the fix."
-    code = ('import time, datasets; from stackwise.datasets import load_dataset; from stackwise.core import StackwiseError\n'
+    code = ('import time, datasets; from stackwise.data.sources import load_dataset; from stackwise.core import StackwiseError\n'
             't = time.perf_counter()\ntry: load_dataset("openwebtext")\nexcept StackwiseError as e: print(time.perf_counter() - t); print(e)')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'})
@@ -232,7 +232,7 @@ def test_packing_is_deterministic_and_cached(tmp_path):
     toks = load_tokens(a)
     assert len(toks) == sum(len(t) + 1 for t in ds['text']) and (toks == bt.eos_token_id).sum() == 3
     cached = packed_corpus(ds, bt, cache=tmp_path/'c', progress=False)
-    with patch('stackwise.packing.pack_tokens', side_effect=AssertionError('tokenized again')):
+    with patch('stackwise.data.packing.pack_tokens', side_effect=AssertionError('tokenized again')):
         assert np.array_equal(packed_corpus(ds, bt, cache=tmp_path/'c', progress=False), cached)
 
 
@@ -372,6 +372,6 @@ def test_cli_data_list_and_check(tmp_path, capsys):
 def test_every_model_family_has_a_tokenizer():
     "Seed 000's auto-select: every preset's family maps to a tokenizer (a hub name, or bytes)."
     from stackwise.config import list_presets, load_config
-    from stackwise.tokenization import FAMILY_TOKENIZERS
+    from stackwise.data.tokenization import FAMILY_TOKENIZERS
     assert {load_config(p).family for p in list_presets()} <= set(FAMILY_TOKENIZERS)
     assert get_tokenizer('bdh').name == 'bytes'

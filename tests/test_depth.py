@@ -1,4 +1,4 @@
-"""Depth-as-time training (nbs/24_depth_time .. 27_depth): every mode and curriculum learns on the synthetic language,
+"""Depth-as-time training (nbs/33_train.depth_time .. 36_train.depth): every mode and curriculum learns on the synthetic language,
 the cache and its recompute fallback give the same model, frozen units in every dtype and offload, resume at a stage
 boundary, diffusion sampling and causal-fusion generation, the CLI, and bad input refused with nothing written."""
 import hashlib
@@ -11,13 +11,13 @@ import torch
 
 from stackwise.config import load_config
 from stackwise.core import StackwiseError
-from stackwise.datasets import synthetic_corpus
-from stackwise.depth import DepthConfig, DepthTrainer, lazy_rack
-from stackwise.packing import BlockLoader, TokenBlocks, packed_corpus
-from stackwise.rack import Rack
+from stackwise.data.sources import synthetic_corpus
+from stackwise.train.depth import DepthConfig, DepthTrainer, lazy_rack
+from stackwise.data.packing import BlockLoader, TokenBlocks, packed_corpus
+from stackwise.models.rack import Rack
 from stackwise.runs import start_run
-from stackwise.tokenization import ByteTokenizer
-from stackwise.trainer import TrainConfig
+from stackwise.data.tokenization import ByteTokenizer
+from stackwise.train.trainer import TrainConfig
 
 TOK = ByteTokenizer()
 MASK = TOK.mask_token_id
@@ -68,7 +68,7 @@ def test_every_mode_and_curriculum_learns(data, mode, curriculum):
 
 def test_e2e_next_token_is_the_classical_trainer(data):
     "Mode e2e on next-token prediction is the classical Trainer, step for step: same recipe pieces, same batches (within one epoch)."
-    from stackwise.trainer import Trainer
+    from stackwise.train.trainer import Trainer
     cfg = train_cfg(max_steps=20, eval_every=10)
     a = Trainer(nano(n_layers=2), loaders(data)[0], cfg, loaders(data)[1])
     a.fit()

@@ -1,4 +1,4 @@
-"""The dtype bench (nbs/22_dtype_bench.ipynb, nbs/dtype_matrix.ipynb): every seed 004 configuration sets what it
+"""The dtype bench (nbs/52_bench.dtype_matrix.ipynb, nbs/experiments/dtype_matrix.ipynb): every seed 004 configuration sets what it
 claims (read from the live objects, not from names), a failing cell never stops the matrix, fp16_naive's NaN is
 caught and explained, classification accumulates exactly, the verdicts follow the data, and `stackwise bench`."""
 import json, logging, math
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import ROOT, exe, run_cmd
-from stackwise import dtype_bench as db, dtype_verdicts as dv
+from stackwise.bench import dtype_matrix as db, dtype_verdicts as dv
 from stackwise.runs import run_status
-from stackwise.trainer import TrainConfig, Trainer
+from stackwise.train.trainer import TrainConfig, Trainer
 
 logging.getLogger('bitsandbytes').setLevel(logging.ERROR)
 f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
@@ -182,7 +182,7 @@ def test_cli_bench_runs_one_cell(tmp_path, capsys):
 
 def test_matrix_notebook_with_papermill(tmp_path):
     "The experiment notebook as a user runs it, tiny: a run folder with the table, the charts and the verdicts; the injected failure recorded."
-    r = run_cmd([exe('papermill'), 'nbs/dtype_matrix.ipynb', str(tmp_path/'out.ipynb'), '-p', 'scenarios', 'A,C', '-p', 'dtype_configs',
+    r = run_cmd([exe('papermill'), 'nbs/experiments/dtype_matrix.ipynb', str(tmp_path/'out.ipynb'), '-p', 'scenarios', 'A,C', '-p', 'dtype_configs',
                  'fp32_true,fp16_naive,bf16_pure', '-p', 'model_size', 'test', '-p', 'max_steps', '3', '-p', 'batch_size', '4',
                  '-p', 'eval_batches', '1', '-p', 'data_source', 'synthetic', '-p', 'tokenizer', 'bytes', '-p', 'inject_failure', 'C:bf16_pure'],
                 env=dict(STACKWISE_RESULTS=str(tmp_path/'results'), HF_HUB_OFFLINE='1'))

@@ -8,8 +8,8 @@ from transformers import (BertConfig, BertForMaskedLM, BertModel, DistilBertConf
                           ModernBertConfig, ModernBertForMaskedLM, ModernBertModel, RobertaConfig, RobertaForMaskedLM)
 
 from stackwise.config import load_config
-from stackwise.encoders import EncoderRack, encoder_from_hf, encoder_parameters, encoder_to_hf, mlm_mask, padding_position_ids
-from stackwise.rack import Rack, count_parameters
+from stackwise.models.encoders import EncoderRack, encoder_from_hf, encoder_parameters, encoder_to_hf, mlm_mask, padding_position_ids
+from stackwise.models.rack import Rack, count_parameters
 
 transformers.logging.set_verbosity_error()
 
@@ -172,7 +172,7 @@ def test_small_encoders_learn_mlm_in_50_steps(preset):
 @pytest.mark.parametrize('heads', [dict(mlm_head=True, pooler=False), dict(mlm_head=False, pooler=True)])
 def test_save_and_load_keeps_the_heads(tmp_path, heads):
     "An EncoderRack saved with save_rack comes back as an EncoderRack with the same heads and identical outputs."
-    from stackwise.families import load_rack, save_rack
+    from stackwise.models.families import load_rack, save_rack
     torch.manual_seed(0)
     enc = EncoderRack(load_config('encoder/bert_family/tiny', ['vocab_size=100']), **heads).eval()
     again = load_rack(save_rack(enc, tmp_path)).eval()

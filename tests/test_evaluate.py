@@ -99,7 +99,7 @@ def test_cli_evaluate_finetune_trains_a_head_per_task(tmp_path, capsys):
 
 def test_finetune_scores_and_chance():
     from scipy import stats
-    from stackwise.finetune import get_finetune_task, score
+    from stackwise.eval.finetune import get_finetune_task, score
     m = score(get_finetune_task('sst2'), [1, 1, 0, 1], [1, 0, 0, 0])
     assert m['accuracy'] == 0.5 and m['chance']['accuracy'] == 0.75  # majority class of the gold labels
     p, g = [0.1, 2.5, 3.9, 1.0, 4.4], [0.0, 3.0, 4.0, 2.0, 5.0]

@@ -24,7 +24,7 @@ def test_runner_writes_a_complete_run_folder(hardware_results):
 
 def test_papermill_cli_with_the_venv_kernel(tmp_path):
     out = tmp_path/'out.ipynb'
-    r = run_cmd([exe('papermill'), 'nbs/hardware.ipynb', str(out), '-p', 'size', '128', '-p', 'min_time', '0.01'],
+    r = run_cmd([exe('papermill'), 'nbs/experiments/hardware.ipynb', str(out), '-p', 'size', '128', '-p', 'min_time', '0.01'],
                 env=dict(STACKWISE_RESULTS=str(tmp_path/'results')))
     assert r.returncode == 0, r.stderr[-2000:]
     (path,) = runs.list_runs('hardware', tmp_path/'results')
@@ -36,7 +36,7 @@ def test_papermill_cli_with_the_venv_kernel(tmp_path):
 
 
 def test_papermill_run_that_raises_leaves_no_metrics(tmp_path):
-    r = run_cmd([exe('papermill'), 'nbs/hardware.ipynb', str(tmp_path/'out.ipynb'), '-p', 'dtypes', 'int4'],
+    r = run_cmd([exe('papermill'), 'nbs/experiments/hardware.ipynb', str(tmp_path/'out.ipynb'), '-p', 'dtypes', 'int4'],
                 env=dict(STACKWISE_RESULTS=str(tmp_path/'results')))
     assert r.returncode != 0
     assert 'unknown dtype' in r.stderr
@@ -58,7 +58,7 @@ def test_stackwise_experiment_that_raises(tmp_path):
 
 def test_default_experiments_are_a_registry_of_valid_runs():
     "`make report` runs every entry of DEFAULT_EXPERIMENTS: each is an experiment notebook and its overrides are its parameters."
-    from stackwise.experiments import DEFAULT_EXPERIMENTS, check_params, list_experiments
+    from stackwise.report.experiments import DEFAULT_EXPERIMENTS, check_params, list_experiments
     assert {'hardware', 'scaling', 'depth_time'} <= set(DEFAULT_EXPERIMENTS)
     for name, params in DEFAULT_EXPERIMENTS.items():
         assert name in list_experiments(ROOT)

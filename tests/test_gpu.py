@@ -11,7 +11,7 @@ def _gpu(*args, timeout=600):
     return subprocess.run([sys.executable, '-m', 'stackwise.cli', 'gpu', *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 def test_dry_run_every_part(tmp_path):
-    from stackwise.gpu import MAX_ARCHIVE_BYTES, PARTS, unpack
+    from stackwise.bench.gpu import MAX_ARCHIVE_BYTES, PARTS, unpack
     out, results = tmp_path/'out', tmp_path/'results'
     r = _gpu('--dry-run', '--budget', '400', '--out', str(out), '--results', str(results))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -44,7 +44,7 @@ def test_dry_run_every_part(tmp_path):
     listed = _gpu('--list', '--dry-run', '--results', str(results))
     assert listed.stdout.count('done: ') == len(PARTS) and 'to do' not in listed.stdout
     assert 'to do' in _gpu('--list', '--results', str(results)).stdout  # a rehearsal does not count for the GPU
-    from stackwise.gpu import evidence
+    from stackwise.bench.gpu import evidence
     ev = evidence(results, dry=True)  # what the report's GPU page shows, here for the rehearsal's runs
     assert (ev.run != '').all() and (ev.headline.str.len() > 0).all(), ev[['part', 'headline']]
     assert [Path(c).name for c in ev.set_index('part').charts['llama70b']] == ['layers.png']
@@ -56,7 +56,7 @@ def test_dry_run_every_part(tmp_path):
     assert sorted(p.relative_to(tmp_path/'back').parts[0] for p in back) == sorted(p.experiment for p in PARTS.values())
 
 def test_refusals_and_command(tmp_path):
-    from stackwise.gpu import GPU_COMMAND
+    from stackwise.bench.gpu import GPU_COMMAND
     import torch
     if not torch.cuda.is_available():
         r = _gpu('--results', str(tmp_path))

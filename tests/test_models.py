@@ -6,8 +6,8 @@ import torch.nn.functional as F
 import transformers
 
 from stackwise.config import load_config, list_presets
-from stackwise.families import from_hf, to_hf
-from stackwise.rack import Rack, count_parameters
+from stackwise.models.families import from_hf, to_hf
+from stackwise.models.rack import Rack, count_parameters
 
 transformers.logging.set_verbosity_error()
 
@@ -66,7 +66,7 @@ def test_every_preset_loads():
     ('encoder/distilbert_family/base', 66_362_880, False)])
 def test_encoder_shape_presets_match_hf_counts(preset, n, pooler):
     "MiniLM (HF BertModel, with pooler) and DistilBERT (HF DistilBertModel, no pooler) sizes, as HF builds them."
-    from stackwise.encoders import encoder_parameters
+    from stackwise.models.encoders import encoder_parameters
     assert encoder_parameters(load_config(preset), mlm_head=False, pooler=pooler) == n
 
 

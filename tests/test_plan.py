@@ -1,4 +1,4 @@
-"""The memory/time planner (nbs/51_plan): its arithmetic against hand-computed cases (16 bytes/param for mixed-precision
+"""The memory/time planner (nbs/37_train.plan): its arithmetic against hand-computed cases (16 bytes/param for mixed-precision
 Adam, 10 with 8-bit moments, the Korthikanti activation formula, bitsandbytes' nf4/int8 sizes, the 70B FLOPs), fits and
 does-not-fit verdicts, `stackwise plan`, bad input refused with the fix named; and the layer-wise run's core end to end
 on a tiny shape: every layer's loss falls, the cache handed to the next layer equals the recomputed activations, the
@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from stackwise import plan as sp
-from stackwise.blocks import Block
+from stackwise.train import plan as sp
+from stackwise.models.blocks import Block
 from stackwise.cli import main
 from stackwise.config import load_config
 from stackwise.core import StackwiseError
-from stackwise.depth import run_blocks
-from stackwise.generation import generate
-from stackwise.rack import Rack, count_parameters
+from stackwise.train.depth import run_blocks
+from stackwise.models.generation import generate
+from stackwise.models.rack import Rack, count_parameters
 
 P70 = 68_976_648_192  # Llama-2-70B's parameters (the shape the preset builds)
 

@@ -2,7 +2,7 @@
 import re
 
 from conftest import ROOT
-from stackwise import site
+from stackwise.report import site
 
 
 def test_readme_in_step_with_home_page():

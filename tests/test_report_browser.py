@@ -8,7 +8,8 @@ import html, json, re, shutil, subprocess
 import pytest
 
 from conftest import ROOT
-from stackwise import runs, site
+from stackwise import runs
+from stackwise.report import site
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 HARNESS = """<!doctype html><html><head><meta charset="utf-8"></head><body><pre id="stackwise-probe">pending</pre><script>

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, exe, run_cmd
-from stackwise import experiments, runs, site
+from stackwise.report import experiments, site
+from stackwise import runs
 
 
 @pytest.fixture(scope='module')
@@ -22,7 +23,7 @@ def test_every_page_rendered(rendered):
     spec = site.site_spec(ROOT)
     pages = sorted(p.relative_to(rendered).as_posix() for p in rendered.rglob('*.html'))
     assert len(pages) == len(spec['pages']) and 'index.html' in pages
-    assert {'report/runs.html', 'report/hardware.html', 'hardware.html', 'hardware-experiment.html'} <= set(pages)
+    assert {'report/runs.html', 'report/hardware.html', 'hardware.html', 'experiments/hardware.html'} <= set(pages)
 
 
 def test_links_and_images_resolve(rendered):

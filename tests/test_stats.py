@@ -1,4 +1,4 @@
-"stackwise.stats.compare_seeds against scipy and against a by-hand enumeration."
+"stackwise.eval.stats.compare_seeds against scipy and against a by-hand enumeration."
 from itertools import combinations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from stackwise.core import StackwiseError
-from stackwise.stats import compare_seeds, seed_summary
+from stackwise.eval.stats import compare_seeds, seed_summary
 
 
 def test_welch_matches_scipy_and_hand():

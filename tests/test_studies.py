@@ -1,4 +1,4 @@
-"""The seed studies (nbs/36_studies, backpack, bdh): baselines of equal parameters within a stated tolerance,
+"""The seed studies (nbs/54_bench.studies, backpack, bdh): baselines of equal parameters within a stated tolerance,
 bits per byte against a hand computation, the loud synthetic fallback, the clear error when the pretrained Backpack
 cannot be had, and the header a report page opens with, on a tiny fake run folder."""
 import math
@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from stackwise.bdh import BDHConfig, bdh_parameters, bdh_seed001
+from stackwise.models.bdh import BDHConfig, bdh_parameters, bdh_seed001
 from stackwise.core import StackwiseError, write_json
-from stackwise.rack import count_parameters
-from stackwise import studies
-from stackwise.studies import (compare_models, match_parameters, pretrained_backpack, seed_table, shaped_config, study_header,
+from stackwise.models.rack import count_parameters
+from stackwise.bench import studies
+from stackwise.bench.studies import (compare_models, match_parameters, pretrained_backpack, seed_table, shaped_config, study_header,
                                study_texts, train_study_run)
-from stackwise.tokenization import bits_per_byte
+from stackwise.data.tokenization import bits_per_byte
 
 # the bdh study's claim: baselines within 0.5% of BDH's parameter count, at its CPU default and at seed 001's shape
 TOLERANCE = 0.005

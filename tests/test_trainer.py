@@ -1,4 +1,4 @@
-"""The classical trainer (nbs/21_trainer.ipynb) and the dtype policy (nbs/20_dtypes.ipynb): exact resume
+"""The classical trainer (nbs/31_train.trainer.ipynb) and the dtype policy (nbs/30_train.dtypes.ipynb): exact resume
 after kill -9, exact gradient accumulation, the dtype recipes, DDP under torchrun, and bad input."""
 import hashlib, math, os, random, shutil, sys
 from pathlib import Path
@@ -11,11 +11,11 @@ import torch
 from conftest import ROOT, exe, run_cmd
 from stackwise.config import load_config
 from stackwise.core import StackwiseError
-from stackwise.dtypes import POLICIES, dtype_policy
-from stackwise.packing import BlockLoader, TokenBlocks
-from stackwise.rack import Rack
+from stackwise.train.dtypes import POLICIES, dtype_policy
+from stackwise.data.packing import BlockLoader, TokenBlocks
+from stackwise.models.rack import Rack
 from stackwise.runs import start_run
-from stackwise.trainer import TrainConfig, Trainer
+from stackwise.train.trainer import TrainConfig, Trainer
 
 SCRIPT = str(Path(__file__).parent/'trainer_script.py')
 ENV = dict(PYTHONHASHSEED='0', OMP_NUM_THREADS='1')
@@ -232,7 +232,7 @@ def test_cli_train_bad_input(tmp_path, capsys, args, message):
 def test_qlora_checkpoints_hold_the_adapters_and_resume(tmp_path):
     "QLoRA (nf4 base + LoRA): checkpoints hold the trained adapters only; resuming restores them exactly."
     from safetensors.torch import load_file
-    from stackwise.qlora import qlora
+    from stackwise.train.qlora import qlora
     cfg = TrainConfig(max_steps=4, checkpoint_every=2, dtype='amp_bf16', lr=1e-2, warmup_steps=1, progress=False, mfu=False, tensorboard=False)
     data = lambda: BlockLoader(TokenBlocks(np.arange(4000) % 63, 16), 4, seed=0)
     run = start_run('t', root=tmp_path)

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from stackwise.config import load_config
-from stackwise.packing import BlockLoader, TokenBlocks
-from stackwise.rack import Rack
+from stackwise.data.packing import BlockLoader, TokenBlocks
+from stackwise.models.rack import Rack
 from stackwise.runs import start_run
-from stackwise.trainer import TrainConfig, Trainer
+from stackwise.train.trainer import TrainConfig, Trainer
 
 p = argparse.ArgumentParser()
 p.add_argument('run_dir')

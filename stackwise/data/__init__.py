@@ -1,0 +1,1 @@
+"""Data: the dataset registry and its one fallback policy, tokenizers, packed token blocks, collators."""

@@ -1,0 +1,1 @@
+"""Reporting: papermill experiments and the site."""
