@@ -38,7 +38,7 @@ def test_sidebar_lists_chapters_and_report(rendered):
 
 
 def test_every_experiment_is_on_the_site():
-    assert set(f'{e}.ipynb' for e in experiments.list_experiments(ROOT)) <= set(site.site_spec(ROOT)['pages'])
+    assert set(f'experiments/{e}.ipynb' for e in experiments.list_experiments(ROOT)) <= set(site.site_spec(ROOT)['pages'])
 
 
 def test_report_reads_results(rendered, hardware_results):
