@@ -131,7 +131,7 @@ def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
     "`key=value` pairs: TrainConfig fields (values read as YAML), `model.field=value` model overrides, `depth.field=value` DepthConfig fields."
     import dataclasses, yaml
     from stackwise.train.depth import DepthConfig
-    from stackwise.train.trainer import TrainConfig
+    from stackwise.train.loop import TrainConfig
     fields, train, model, depth = {f.name for f in dataclasses.fields(TrainConfig)}, {}, [], {}
     depth_fields = {f.name for f in dataclasses.fields(DepthConfig)}
     for kv in pairs:
@@ -160,7 +160,8 @@ def _train(a):
     from stackwise.models.rack import Rack
     from stackwise.runs import start_run
     from stackwise.data.tokenization import get_tokenizer
-    from stackwise.train.trainer import TrainConfig, Trainer
+    from stackwise.train.loop import TrainConfig
+    from stackwise.train.trainer import Trainer
     train_over, model_over, depth_over = _split_overrides(a.overrides)
     depth = bool(a.mode or a.curriculum or a.noise_schedule or depth_over)  # any depth-as-time flag: the depth-as-time trainer
     objective = a.objective or ('diffusion' if depth else 'clm')

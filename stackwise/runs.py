@@ -100,6 +100,12 @@ class Run:
         w.writeheader(); w.writerows(self._rows)
         atomic_write(self.path/'metrics.csv', buf.getvalue())
 
+    def truncate(self, step:int) -> list[dict]:
+        "Keep the rows up to `step` (a resumed run logs the later steps again) and return them."
+        rows = self.steps()
+        self._rows = rows[rows.step <= step].to_dict('records') if len(rows) else []
+        return list(self._rows)
+
     def steps(self) -> pd.DataFrame:
         "The rows of `metrics.csv`, flushed or not."
         if self._rows: return pd.DataFrame(self._rows)

@@ -1,4 +1,4 @@
-"""Depth-as-time training (nbs/33_train.depth_time .. 36_train.depth): every mode and curriculum learns on the synthetic language,
+"""Depth-as-time training (nbs/35_train.depth_time .. 38_train.depth): every mode and curriculum learns on the synthetic language,
 the cache and its recompute fallback give the same model, frozen units in every dtype and offload, resume at a stage
 boundary, diffusion sampling and causal-fusion generation, the CLI, and bad input refused with nothing written."""
 import hashlib
@@ -17,7 +17,7 @@ from stackwise.data.packing import BlockLoader, TokenBlocks, packed_corpus
 from stackwise.models.rack import Rack
 from stackwise.runs import start_run
 from stackwise.data.tokenization import ByteTokenizer
-from stackwise.train.trainer import TrainConfig
+from stackwise.train.loop import TrainConfig
 
 TOK = ByteTokenizer()
 MASK = TOK.mask_token_id

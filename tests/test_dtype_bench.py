@@ -11,7 +11,8 @@ import torch
 from conftest import ROOT, exe, run_cmd
 from stackwise.bench import dtype_matrix as db, dtype_verdicts as dv
 from stackwise.runs import run_status
-from stackwise.train.trainer import TrainConfig, Trainer
+from stackwise.train.loop import TrainConfig
+from stackwise.train.trainer import Trainer
 
 logging.getLogger('bitsandbytes').setLevel(logging.ERROR)
 f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16

@@ -1,4 +1,4 @@
-"""The memory/time planner (nbs/37_train.plan): its arithmetic against hand-computed cases (16 bytes/param for mixed-precision
+"""The memory/time planner (nbs/39_train.plan): its arithmetic against hand-computed cases (16 bytes/param for mixed-precision
 Adam, 10 with 8-bit moments, the Korthikanti activation formula, bitsandbytes' nf4/int8 sizes, the 70B FLOPs), fits and
 does-not-fit verdicts, `stackwise plan`, bad input refused with the fix named; and the layer-wise run's core end to end
 on a tiny shape: every layer's loss falls, the cache handed to the next layer equals the recomputed activations, the

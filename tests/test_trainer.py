@@ -1,4 +1,4 @@
-"""The classical trainer (nbs/31_train.trainer.ipynb) and the dtype policy (nbs/30_train.dtypes.ipynb): exact resume
+"""The classical trainer (nbs/33_train.trainer.ipynb) and the dtype policy (nbs/30_train.dtypes.ipynb): exact resume
 after kill -9, exact gradient accumulation, the dtype recipes, DDP under torchrun, and bad input."""
 import hashlib, math, os, random, shutil, sys
 from pathlib import Path
@@ -15,7 +15,8 @@ from stackwise.train.dtypes import POLICIES, dtype_policy
 from stackwise.data.packing import BlockLoader, TokenBlocks
 from stackwise.models.rack import Rack
 from stackwise.runs import start_run
-from stackwise.train.trainer import TrainConfig, Trainer
+from stackwise.train.loop import TrainConfig
+from stackwise.train.trainer import Trainer
 
 SCRIPT = str(Path(__file__).parent/'trainer_script.py')
 ENV = dict(PYTHONHASHSEED='0', OMP_NUM_THREADS='1')

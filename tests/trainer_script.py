@@ -9,7 +9,8 @@ from stackwise.config import load_config
 from stackwise.data.packing import BlockLoader, TokenBlocks
 from stackwise.models.rack import Rack
 from stackwise.runs import start_run
-from stackwise.train.trainer import TrainConfig, Trainer
+from stackwise.train.loop import TrainConfig
+from stackwise.train.trainer import Trainer
 
 p = argparse.ArgumentParser()
 p.add_argument('run_dir')

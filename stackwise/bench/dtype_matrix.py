@@ -25,7 +25,8 @@ from ..hardware import device_info, resolve_device, train_flops_per_token
 from ..data.packing import BlockLoader, TokenBlocks, packed_corpus
 from ..runs import Run, capture_env, check_name
 from ..data.tokenization import ByteTokenizer, Tokenizer, train_bpe
-from ..train.trainer import LM_OBJECTIVES, TrainConfig, Trainer, _first_batches, _model_flops_per_token, loss_sum, n_targets
+from ..train.loop import LM_OBJECTIVES, TrainConfig, first_batches, model_flops_per_token, loss_sum, n_targets
+from ..train.trainer import Trainer
 
 # %% auto #0
 __all__ = ['SCENARIOS', 'DTYPE_CONFIGS', 'PRESETS', 'SIZES', 'DATA_SOURCES', 'STATUSES', 'SEED_GPUS', 'Scenario', 'scenario_for',
@@ -254,7 +255,7 @@ def bench_flops_per_token(model:nn.Module, seq_len:int) -> int:
     "Training FLOPs per token (6N + 12·L·d·T) of the matmuls the model runs: a classifier on a Rack never runs the LM head."
     from stackwise.models.heads import TaskModel
     from stackwise.models.rack import matmul_parameters
-    if not isinstance(model, TaskModel): return _model_flops_per_token(model, seq_len)
+    if not isinstance(model, TaskModel): return model_flops_per_token(model, seq_len)
     head = model.rack.lm_head
     n = matmul_parameters(model) - (head.weight.numel() if isinstance(head, nn.Linear) else 0)
     return train_flops_per_token(n, model.rack.cfg.n_layers, model.rack.cfg.d_model, seq_len)
@@ -305,8 +306,8 @@ def validate(trainer:Trainer, spec:CellSpec, val:BlockLoader) -> dict:
     if spec.task in LM_OBJECTIVES: return dict(val_loss=trainer.evaluate())
     trainer.model.eval()
     s, n, preds, truth = 0.0, 0, [], []
-    for batch in _first_batches(val, spec.eval_batches):
-        b = trainer._batches([batch])[0]
+    for batch in first_batches(val, spec.eval_batches):
+        b = trainer.batches([batch])[0]
         logits = trainer._logits(b).float()
         s += loss_sum(logits, b['labels'], spec.task).item(); n += int(n_targets(b['labels'], spec.task))
         if spec.task == 'multi_cls': preds.append(logits > 0); truth.append(b['labels'] > 0.5)

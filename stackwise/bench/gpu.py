@@ -268,7 +268,7 @@ def trainer_part(ctx:Context, run:Run, sizes:list, overrides:list, seq_len:int, 
     from transformers import GPT2Config, GPT2LMHeadModel
     from stackwise.bench import timing as bench
     from stackwise.train import plan as sp
-    from stackwise.train.trainer import _model_flops_per_token
+    from stackwise.train.loop import model_flops_per_token
     transformers.logging.set_verbosity_error()
     n_steps = warmup + steps
     blocks = sp.token_batches('tinyshakespeare', seq_len, batch_size, root=ctx.data_root)[0].blocks
@@ -283,7 +283,7 @@ def trainer_part(ctx:Context, run:Run, sizes:list, overrides:list, seq_len:int, 
                                            bos_token_id=None, eos_token_id=None, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
             return m.to(torch.bfloat16) if dtype == 'bf16_pure' else m
         m0 = model()
-        n_params, fpt = sum(p.numel() for p in m0.parameters()), _model_flops_per_token(m0, seq_len)
+        n_params, fpt = sum(p.numel() for p in m0.parameters()), model_flops_per_token(m0, seq_len)
         del m0
         impls = [('stackwise', lambda: bench.stackwise_step_ends(model(), blocks, batch_size, n_steps, dtype, warmup, compile=compile)),
                  ('HF Trainer', lambda: bench.hf_step_ends(model(), blocks, batch_size, n_steps, dtype, warmup, compile=compile))]

@@ -170,7 +170,9 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
     from stackwise.runs import Run
     from stackwise.eval.scoring import text_perplexity
     from stackwise.data.tokenization import bits_per_byte
-    from stackwise.train.trainer import Trainer, TrainConfig, load_checkpoint
+    from stackwise.train.trainer import Trainer
+    from stackwise.train.loop import TrainConfig
+    from stackwise.train.checkpoint import load_checkpoint
     torch.set_num_threads(spec.get('threads', 1))
     base = rss_mb() if base is None else base
     texts = study_texts(spec['data'], spec.get('data_root'), spec.get('val_fraction', 0.1))

@@ -108,7 +108,8 @@ def stackwise_step_ends(model, # an HF causal LM (or a Rack)
                         dtype:str='fp32', warmup:int=2, compile:bool=False, attention:str='auto', lr:float=3e-4) -> list[float]:
     "`time.perf_counter()` at the end of each optimizer step of the stackwise `Trainer`."
     from stackwise.data.packing import BlockLoader
-    from stackwise.train.trainer import TrainConfig, Trainer
+    from stackwise.train.loop import TrainConfig
+    from stackwise.train.trainer import Trainer
     _fresh_accelerate()
     ends = []
     cfg = TrainConfig(max_steps=n_steps, lr=lr, warmup_steps=warmup, min_lr_ratio=0.0, weight_decay=0.0, beta2=0.999, grad_clip=1.0,

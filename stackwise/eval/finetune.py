@@ -12,9 +12,9 @@ import torch
 
 from ..core import StackwiseError
 from ..data.collators import IGNORE, ClassificationCollator, NERCollator, SpanQACollator
-from .harness import _label, load_model
+from .harness import task_label, load_model
 from .metrics import accuracy, correlations, entity_f1, squad_metric
-from ..train.trainer import output_logits
+from ..train.loop import output_logits
 
 # %% auto #0
 __all__ = ['FINETUNE_TASKS', 'FinetuneTask', 'get_finetune_task', 'finetune_rows', 'task_model', 'best_span', 'predict_spans',
@@ -58,7 +58,7 @@ def _normalise(task:FinetuneTask, row:dict) -> dict:
     if task.head == 'span': return dict(question=row['question'], context=row['context'],
                                         answers=dict(text=list(row['answers']['text']), answer_start=[int(s) for s in row['answers']['answer_start']]))
     out = {f: row[f] for f in task.fields}
-    out['label'] = float(row['label']) if task.head == 'regression' else _label(row['label'])
+    out['label'] = float(row['label']) if task.head == 'regression' else task_label(row['label'])
     return out
 
 def finetune_rows(task:str|FinetuneTask,
@@ -86,7 +86,7 @@ def finetune_rows(task:str|FinetuneTask,
 def task_model(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a preset, or a Rack
                task:FinetuneTask, tokenizer=None, device:str='cpu', pooling:str|None=None, dropout:float=0.1):
     "The backbone with a fresh head for `task`, its tokenizer, and the pooling it uses."
-    from stackwise.eval.harness import _tokenizer_for
+    from stackwise.eval.harness import tokenizer_for
     from stackwise.models.heads import TaskModel
     if isinstance(model_spec, str) and model_spec.startswith('hf:'):
         import transformers
@@ -99,10 +99,10 @@ def task_model(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a 
         except (OSError, ValueError) as e:
             raise StackwiseError(f'could not load HF model {name!r} ({str(e).splitlines()[0][:160]}): offline, only models in the HF cache '
                                  f'or a local folder load') from None
-        tok = _tokenizer_for(m, tokenizer if tokenizer is not None else name)
+        tok = tokenizer_for(m, tokenizer if tokenizer is not None else name)
         if m.config.pad_token_id is None: m.config.pad_token_id = tok.pad_token_id
         return m.to(device), tok, 'model'
-    rack, tok = (model_spec, _tokenizer_for(model_spec, tokenizer)) if isinstance(model_spec, torch.nn.Module) else load_model(model_spec, tokenizer, device)
+    rack, tok = (model_spec, tokenizer_for(model_spec, tokenizer)) if isinstance(model_spec, torch.nn.Module) else load_model(model_spec, tokenizer, device)
     pooling = pooling or ('last' if rack.cfg.causal else 'cls')
     return TaskModel(rack, task.head, task.num_labels, pooling=pooling, dropout=dropout).to(device), tok, pooling
 
@@ -192,7 +192,8 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
     from stackwise.data.packing import BlockLoader
     from stackwise.runs import start_run
     from stackwise.eval.scoring import max_length
-    from stackwise.train.trainer import TrainConfig, Trainer
+    from stackwise.train.loop import TrainConfig
+    from stackwise.train.trainer import Trainer
     t = get_finetune_task(task)
     train, evals, note = finetune_rows(t, root, holdout, seed)
     if train_limit: train = train[:train_limit]

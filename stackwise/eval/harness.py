@@ -16,7 +16,7 @@ from .metrics import accuracy, bleu, correlations, rouge_l, squad_metric
 from .scoring import continuation_logprobs, greedy_continuation, is_causal_lm, lm_logits, max_length, multiple_choice, text_perplexity
 
 # %% auto #0
-__all__ = ['TASKS', 'SCORES', 'Task', 'get_task', 'evaluate_task', 'load_model', 'evaluate']
+__all__ = ['TASKS', 'SCORES', 'Task', 'task_label', 'get_task', 'evaluate_task', 'tokenizer_for', 'load_model', 'evaluate']
 
 # %% ../../nbs/42_eval.harness.ipynb #a819ed8b
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ SCORES = ('perplexity', 'bits_per_byte', 'accuracy', 'accuracy_norm', 'pearson',
 
 _NLI = {'entailment': 0, 'neutral': 1, 'contradiction': 2}
 
-def _label(v) -> int:
+def task_label(v) -> int:
     "Labels arrive as ints, digit strings or (MNLI) names."
     if isinstance(v, str) and v in _NLI: return _NLI[v]
     return int(float(v))
@@ -117,7 +117,7 @@ def evaluate_task(model, tokenizer, task:str|Task, # a Rack or HF LM and its tok
             context, choices = (task.prompt.format(**r), list(task.verbalizers)) if task.prompt else (r['context'], _choices(r['choices']))
             if not task.prompt and not context[-1:].isspace(): choices = [c if c[:1].isspace() else ' ' + c for c in choices]
             m = multiple_choice(model, tokenizer, context, choices, **sc)
-            preds.append(m['pred']); preds_norm.append(m['pred_norm']); gold.append(_label(r['label']))
+            preds.append(m['pred']); preds_norm.append(m['pred_norm']); gold.append(task_label(r['label']))
         out = dict(accuracy=accuracy(preds, gold), accuracy_norm=accuracy(preds_norm, gold), scoring=m['scoring'])
     elif task.kind == 'similarity':
         a, b = _sentence_embeddings(model, tokenizer, [r['sentence1'] for r in rows]), _sentence_embeddings(model, tokenizer, [r['sentence2'] for r in rows])
@@ -136,7 +136,8 @@ def evaluate_task(model, tokenizer, task:str|Task, # a Rack or HF LM and its tok
     return out | dict(n=len(rows), examples_per_s=len(rows) / dt, seconds=dt, chance=dict(task.chance))
 
 # %% ../../nbs/42_eval.harness.ipynb #c61c200f
-def _tokenizer_for(model, tokenizer):
+def tokenizer_for(model, tokenizer):
+    "The tokenizer to score `model` with: `tokenizer` (an object or a name), bytes for a byte-vocabulary Rack, else its family's."
     from stackwise.data.tokenization import ByteTokenizer, get_tokenizer
     if tokenizer is not None: return get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     cfg = getattr(model, 'cfg', None)
@@ -159,10 +160,10 @@ def load_model(spec:str, # hf:NAME, a saved Rack / checkpoint / run folder, or a
                                  f'HF cache load: download it where the hub is reachable, or pass a local folder') from None
         causal = cfg.is_decoder or any(a.endswith(('CausalLM', 'LMHeadModel')) for a in (cfg.architectures or []))
         model = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(name).to(device)
-        return model, _tokenizer_for(model, tokenizer if tokenizer is not None else name)
+        return model, tokenizer_for(model, tokenizer if tokenizer is not None else name)
     p = Path(spec)
     if p.exists():
-        from stackwise.train.trainer import resolve_checkpoint
+        from stackwise.train.checkpoint import resolve_checkpoint
         if not (p/'config.yaml').exists() or not (p/'model.safetensors').exists():
             ck = p/'checkpoints'
             p = resolve_checkpoint(p, 'best' if (ck/'best').exists() or (p/'best').exists() else 'latest')
@@ -172,7 +173,7 @@ def load_model(spec:str, # hf:NAME, a saved Rack / checkpoint / run folder, or a
         model = load_rack(p, device)
     elif spec in list_presets(): torch.manual_seed(0); model = Rack(load_config(spec)).to(device)
     else: raise StackwiseError(f'--model {spec!r} is not hf:NAME, an existing folder, or a preset (stackwise model --list)')
-    return model, _tokenizer_for(model, tokenizer)
+    return model, tokenizer_for(model, tokenizer)
 
 # %% ../../nbs/42_eval.harness.ipynb #6d73eb7f
 def _efficiency(model, seq_len:int) -> dict:

@@ -30,8 +30,8 @@ class StackwiseLM(LM):
             warnings.warn(f'device {device!r} is not available here: using the CPU'); device = 'cpu'
         if isinstance(model, str): self.model, self.tok = load_model(model, tokenizer, device)
         else:
-            from stackwise.eval.harness import _tokenizer_for
-            self.model, self.tok = model, _tokenizer_for(model, tokenizer)
+            from stackwise.eval.harness import tokenizer_for
+            self.model, self.tok = model, tokenizer_for(model, tokenizer)
         self.model.eval()
         self.max_gen_toks, self.max_len = int(max_gen_toks), max_length(self.model)
 

@@ -13,7 +13,7 @@ from .attention_variants import make_attention
 from ..config import ModelConfig
 
 # %% auto #0
-__all__ = ['RMSNorm', 'make_norm', 'MLP', 'Block']
+__all__ = ['ACTIVATIONS', 'RMSNorm', 'make_norm', 'MLP', 'Block']
 
 # %% ../../nbs/22_models.blocks.ipynb #345c4760
 class RMSNorm(nn.Module):
@@ -31,14 +31,14 @@ def make_norm(cfg:ModelConfig) -> nn.Module:
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 # %% ../../nbs/22_models.blocks.ipynb #f7eb633d
-_ACTS = {'gelu': F.gelu, 'gelu_tanh': lambda x: F.gelu(x, approximate='tanh'), 'relu': F.relu,
+ACTIVATIONS = {'gelu': F.gelu, 'gelu_tanh': lambda x: F.gelu(x, approximate='tanh'), 'relu': F.relu,
          'swiglu': F.silu, 'geglu': F.gelu}
 
 class MLP(nn.Module):
     "Feed-forward layer: plain (gelu, gelu_tanh, relu) or gated (swiglu, geglu)."
     def __init__(self, cfg:ModelConfig):
         super().__init__()
-        self.gated, self.act = cfg.mlp in ('swiglu', 'geglu'), _ACTS[cfg.mlp]
+        self.gated, self.act = cfg.mlp in ('swiglu', 'geglu'), ACTIVATIONS[cfg.mlp]
         self.up = nn.Linear(cfg.d_model, cfg.d_ff * (2 if self.gated else 1), bias=cfg.bias)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
     def forward(self, x):

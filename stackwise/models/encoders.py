@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import _ACTS, make_norm
+from .blocks import ACTIVATIONS, make_norm
 from ..config import ModelConfig
 from ..core import StackwiseError
 from .families import HFAdapter, layer_key, map_from_hf, map_to_hf
@@ -29,7 +29,7 @@ class MLMHead(nn.Module):
                 ):
         super().__init__()
         # BERT's head uses the model's hidden_act; a gated MLP has no single activation to borrow, so take GELU
-        self.act = _ACTS[cfg.mlp] if cfg.mlp in ('gelu', 'gelu_tanh', 'relu') else F.gelu
+        self.act = ACTIVATIONS[cfg.mlp] if cfg.mlp in ('gelu', 'gelu_tanh', 'relu') else F.gelu
         self.dense, self.norm = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias), make_norm(cfg)  # ModernBERT: no biases
         self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if tok_emb is not None: self.decoder.weight = tok_emb.weight
