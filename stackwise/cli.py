@@ -25,15 +25,15 @@ def _hardware(a):
 
 def _model(a):
     from stackwise import config
-    from stackwise.models import rack
+    from stackwise.models import counting
     if a.list or not a.config:
         print('\n'.join(config.list_presets())); return
     cfg = config.load_config(a.config, a.set)
-    table = rack.parameter_table(cfg)
+    table = counting.parameter_table(cfg)
     print(f'{a.config}: {cfg.source or cfg.family}')
     print(table.to_string(index=False, formatters=dict(parameters='{:,}'.format, share='{:.1%}'.format)))
-    print(f'total parameters: {rack.count_parameters(cfg):,}')
-    print(f'training FLOPs per token at T={cfg.max_seq_len}: {rack.flops_per_token(cfg):.4g}')
+    print(f'total parameters: {counting.count_parameters(cfg):,}')
+    print(f'training FLOPs per token at T={cfg.max_seq_len}: {counting.flops_per_token(cfg):.4g}')
 
 def _plan(a):
     from stackwise.train import plan as sp

@@ -15,7 +15,7 @@ from .core import StackwiseError, read_json, write_json
 # %% auto #0
 __all__ = ['TORCH_DTYPES', 'DATASHEET_TFLOPS', 'dtype_key', 'gpu_model', 'datasheet_tflops', 'resolve_device', 'device_info',
            'has_fp8', 'measure_matmul_tflops', 'measure_copy_gbps', 'rss_mb', 'memory_mb', 'peak_memory_mb',
-           'peak_tflops', 'mfu', 'train_flops_per_token', 'plot_matmul_sweep']
+           'peak_tflops', 'mfu', 'plot_matmul_sweep']
 
 # %% ../nbs/02_hardware.ipynb #0be4261f
 _DTYPE_ALIASES = {'fp32': 'fp32', 'float32': 'fp32', 'float': 'fp32', 'tf32': 'tf32',
@@ -206,12 +206,6 @@ def mfu(flops_per_second:float, # model FLOPs per second achieved
         dtype:str|torch.dtype='bf16', device:str|torch.device|None=None) -> float:
     "Model FLOPs utilisation: achieved over peak."
     return flops_per_second / (peak_tflops(dtype, device) * 1e12)
-
-# %% ../nbs/02_hardware.ipynb #e9bcd055
-def train_flops_per_token(n_params:int, # parameters in matmuls (embeddings excluded unless tied to the head)
-                          n_layers:int, d_model:int, seq_len:int) -> int:
-    "Training FLOPs per token of a dense transformer (PaLM appendix B)."
-    return 6 * n_params + 12 * n_layers * d_model * seq_len
 
 # %% ../nbs/02_hardware.ipynb #5bed1ece
 def plot_matmul_sweep(steps, # rows with `dtype`, `n`, `tflops` (and optionally `datasheet_tflops`)

@@ -8,7 +8,7 @@ import torch
 
 from stackwise.models.backpack import BackpackLM, StandardTransformerLM, backpack_europarl, backpack_tiny, overfit_losses, sense_top_tokens
 from stackwise.models.bdh import BDH, bdh_parameters, bdh_seed001, bdh_tiny
-from stackwise.models.rack import count_parameters, parameter_table
+from stackwise.models.counting import count_parameters, parameter_table
 
 
 def _parts(model):

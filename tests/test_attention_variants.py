@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from stackwise.models.attention import Attention, KVCache
 from stackwise.models.attention_variants import MLA, LinearAttention
 from stackwise.config import ModelConfig, load_config
-from stackwise.models.rack import Rack, count_parameters
+from stackwise.models.rack import Rack
+from stackwise.models.counting import count_parameters
 
 TOL = 1e-5
 

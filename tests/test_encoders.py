@@ -9,7 +9,8 @@ from transformers import (BertConfig, BertForMaskedLM, BertModel, DistilBertConf
 
 from stackwise.config import load_config
 from stackwise.models.encoders import EncoderRack, encoder_from_hf, encoder_parameters, encoder_to_hf, mlm_mask, padding_position_ids
-from stackwise.models.rack import Rack, count_parameters
+from stackwise.models.rack import Rack
+from stackwise.models.counting import count_parameters
 
 transformers.logging.set_verbosity_error()
 

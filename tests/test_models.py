@@ -7,7 +7,8 @@ import transformers
 
 from stackwise.config import load_config, list_presets
 from stackwise.models.families import from_hf, to_hf
-from stackwise.models.rack import Rack, count_parameters
+from stackwise.models.rack import Rack
+from stackwise.models.counting import count_parameters
 
 transformers.logging.set_verbosity_error()
 

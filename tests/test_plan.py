@@ -15,7 +15,8 @@ from stackwise.config import load_config
 from stackwise.core import StackwiseError
 from stackwise.train.depth import run_blocks
 from stackwise.models.generation import generate
-from stackwise.models.rack import Rack, count_parameters
+from stackwise.models.rack import Rack
+from stackwise.models.counting import count_parameters
 
 P70 = 68_976_648_192  # Llama-2-70B's parameters (the shape the preset builds)
 

@@ -9,7 +9,7 @@ import yaml
 
 from stackwise.models.bdh import BDHConfig, bdh_parameters, bdh_seed001
 from stackwise.core import StackwiseError, write_json
-from stackwise.models.rack import count_parameters
+from stackwise.models.counting import count_parameters
 from stackwise.bench import studies
 from stackwise.bench.studies import (compare_models, match_parameters, pretrained_backpack, seed_table, shaped_config, study_header,
                                study_texts, train_study_run)

@@ -21,18 +21,19 @@ from ..core import StackwiseError, atomic_write, write_json
 from ..data.sources import (MarkovSource, data_root, dataset_spec, hub_reachable, label_frequencies, load_dataset, local_files,
                                 most_frequent_label, synthetic_multilabel)
 from ..train.dtypes import POLICIES, DtypePolicy, dtype_policy
-from ..hardware import device_info, resolve_device, train_flops_per_token
+from ..hardware import device_info, resolve_device
 from ..data.packing import BlockLoader, TokenBlocks, packed_corpus
 from ..runs import Run, capture_env, check_name
 from ..data.tokenization import ByteTokenizer, Tokenizer, train_bpe
-from ..train.loop import LM_OBJECTIVES, TrainConfig, first_batches, model_flops_per_token, loss_sum, n_targets
+from ..train.loop import LM_OBJECTIVES, TrainConfig, first_batches, loss_sum, n_targets
+from ..models.counting import model_flops_per_token
 from ..train.trainer import Trainer
 
 # %% auto #0
 __all__ = ['SCENARIOS', 'DTYPE_CONFIGS', 'PRESETS', 'SIZES', 'DATA_SOURCES', 'STATUSES', 'SEED_GPUS', 'Scenario', 'scenario_for',
            'dtype_config', 'model_config', 'BenchData', 'prepare_data', 'CellSpec', 'loaders', 'build_model',
-           'bench_flops_per_token', 'f1_scores', 'validate', 'state_bytes', 'summarize', 'run_cell', 'matrix_specs',
-           'run_matrix', 'load_matrix', 'throughput_probe', 'first_batch', 'fp16_adamw_probe', 'hardware_check']
+           'f1_scores', 'validate', 'state_bytes', 'summarize', 'run_cell', 'matrix_specs', 'run_matrix', 'load_matrix',
+           'throughput_probe', 'first_batch', 'fp16_adamw_probe', 'hardware_check']
 
 # %% ../../nbs/52_bench.dtype_matrix.ipynb #2b1591c8
 @dataclass(frozen=True)
@@ -251,14 +252,6 @@ def build_model(spec:CellSpec, data:BenchData) -> nn.Module:
     hc.num_labels, hc.pad_token_id, hc.problem_type = n_labels, tok.pad_token_id, f'{head}_classification'
     return (transformers.GPT2ForSequenceClassification if spec.model_arch == 'gpt2' else transformers.RobertaForSequenceClassification)(hc)
 
-def bench_flops_per_token(model:nn.Module, seq_len:int) -> int:
-    "Training FLOPs per token (6N + 12·L·d·T) of the matmuls the model runs: a classifier on a Rack never runs the LM head."
-    from stackwise.models.heads import TaskModel
-    from stackwise.models.rack import matmul_parameters
-    if not isinstance(model, TaskModel): return model_flops_per_token(model, seq_len)
-    head = model.rack.lm_head
-    n = matmul_parameters(model) - (head.weight.numel() if isinstance(head, nn.Linear) else 0)
-    return train_flops_per_token(n, model.rack.cfg.n_layers, model.rack.cfg.d_model, seq_len)
 
 # %% ../../nbs/52_bench.dtype_matrix.ipynb #472626ab
 class _Observer:
@@ -360,7 +353,7 @@ def _trainer(spec:CellSpec, data:BenchData, model, train, val=None, on_step=None
                       mask_token_id=data.tokenizer.mask_token_id if spec.task == 'mlm' else None, seed=spec.seed,
                       eval_batches=spec.eval_batches, progress=progress, tensorboard=False, mfu=mfu)
     return Trainer(model, train, cfg, val_data=val, accelerator=Accelerator(mixed_precision='no', cpu=dev.type == 'cpu'),
-                   on_step=on_step, flops_per_token=bench_flops_per_token(model, spec.T))
+                   on_step=on_step, flops_per_token=model_flops_per_token(model, spec.T))
 
 STATUSES = ('completed', 'diverged', 'nonfinite', 'error')
 

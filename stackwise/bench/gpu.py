@@ -116,7 +116,7 @@ def _llama_cfg(shape:str, seq_len:int):
     return load_config('decoder/llama_family/70b', [s.strip().replace(':', '=', 1) for s in (shape or '').split(',') if s.strip()] + [f'max_seq_len={seq_len}'])
 
 def _llama70b_planned(s:dict, rate:float) -> float:
-    from stackwise.train.curricula import forward_flops
+    from stackwise.models.counting import forward_flops
     cfg = _llama_cfg(s['shape'], s['seq_len'])
     fwd = forward_flops(cfg, s['seq_len'])
     L, tok = cfg.n_layers, s['batch_size'] * s['seq_len']
@@ -147,7 +147,7 @@ def llama70b_part(ctx:Context, run:Run, shape:str, seq_len:int, batch_size:int, 
     from stackwise.train import plan as sp
     from stackwise.train.dtypes import autocast_ctx, dtype_policy
     from stackwise.models.generation import generate
-    from stackwise.models.rack import count_parameters
+    from stackwise.models.counting import count_parameters
     cfg, cuda = _llama_cfg(shape, seq_len), ctx.device.type == 'cuda'
     loader, val = sp.token_batches(data, seq_len, batch_size, root=ctx.data_root, seed=seed)
     gpu_key = sp.gpu_key(ctx.device)
@@ -245,7 +245,7 @@ def _gpt2_shape(size:str, overrides:list):
     return load_config(f'decoder/gpt2_family/{size}', overrides)
 
 def _trainer_planned(s:dict, rate:float) -> float:
-    from stackwise.models.rack import count_parameters
+    from stackwise.models.counting import count_parameters
     total = 0.0
     for size in s['sizes']:
         n = count_parameters(_gpt2_shape(size, s.get('overrides', [])))
@@ -268,7 +268,7 @@ def trainer_part(ctx:Context, run:Run, sizes:list, overrides:list, seq_len:int, 
     from transformers import GPT2Config, GPT2LMHeadModel
     from stackwise.bench import timing as bench
     from stackwise.train import plan as sp
-    from stackwise.train.loop import model_flops_per_token
+    from stackwise.models.counting import model_flops_per_token
     transformers.logging.set_verbosity_error()
     n_steps = warmup + steps
     blocks = sp.token_batches('tinyshakespeare', seq_len, batch_size, root=ctx.data_root)[0].blocks

@@ -8,26 +8,14 @@ import math
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..config import ModelConfig
 from ..core import StackwiseError
-from ..models.rack import Rack, count_parameters, flops_per_token
+from ..models.counting import count_parameters, flops_per_token, non_embedding_parameters
 
 # %% auto #0
-__all__ = ['KAPLAN', 'SEED_ALPHA', 'CHINCHILLA', 'non_embedding_parameters', 'training_flops', 'compute_plan', 'compute_matched',
-           'chinchilla_loss', 'chinchilla_allocation', 'fit_power_law', 'power_law', 'compute_frontier',
-           'plot_power_law']
-
-# %% ../../nbs/51_bench.scaling.ipynb #43da5728
-def non_embedding_parameters(cfg:ModelConfig) -> int:
-    "Parameters in the blocks of the Rack `cfg` describes (Kaplan's N: embeddings, positions, final norm and head left out)."
-    with torch.device('meta'): rack = Rack(cfg)
-    return sum(count_parameters(b) for b in rack.blocks)
-
-def training_flops(cfg:ModelConfig, tokens:float, seq_len:int|None=None) -> float:
-    "Training FLOPs of `tokens` tokens (every epoch counted) through the model `cfg` describes."
-    return float(tokens) * flops_per_token(cfg, seq_len)
+__all__ = ['KAPLAN', 'SEED_ALPHA', 'CHINCHILLA', 'compute_plan', 'compute_matched', 'chinchilla_loss', 'chinchilla_allocation',
+           'fit_power_law', 'power_law', 'compute_frontier', 'plot_power_law']
 
 # %% ../../nbs/51_bench.scaling.ipynb #1fc57d91
 def compute_plan(cfg:ModelConfig, # the model

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from ..config import ModelConfig, load_config
 from ..core import StackwiseError
-from ..models.rack import Rack, count_parameters
+from ..models.rack import Rack
+from ..models.counting import count_parameters
 
 # %% auto #0
 __all__ = ['LogitsLM', 'study_texts', 'study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config',

@@ -188,7 +188,7 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
              progress:bool=True, tensorboard:bool=False) -> dict:
     "Fine-tune a head (and the backbone) on `task`'s training rows, score the evaluation rows; one run folder."
     from stackwise.data.sources import dataset_spec
-    from stackwise.bench.dtype_matrix import bench_flops_per_token
+    from stackwise.models.counting import model_flops_per_token
     from stackwise.data.packing import BlockLoader
     from stackwise.runs import start_run
     from stackwise.eval.scoring import max_length
@@ -215,7 +215,7 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
     try:
         trainer = Trainer(model, BlockLoader(train, batch_size, seed=seed, collate=coll), tc, run=run,
                           val_data=BlockLoader(coll.expand(evals) if t.head == 'span' else evals, min(batch_size, len(evals)), shuffle=False, collate=coll) if eval_every else None,
-                          flops_per_token=bench_flops_per_token(model, max_len) if hasattr(model, 'rack') else None)
+                          flops_per_token=model_flops_per_token(model, max_len) if hasattr(model, 'rack') else None)
         t0 = time.perf_counter()
         fit = trainer.fit()
         train_s = time.perf_counter() - t0

@@ -177,7 +177,8 @@ def load_model(spec:str, # hf:NAME, a saved Rack / checkpoint / run folder, or a
 
 # %% ../../nbs/42_eval.harness.ipynb #6d73eb7f
 def _efficiency(model, seq_len:int) -> dict:
-    from stackwise.models.rack import Rack, flops_per_token
+    from stackwise.models.rack import Rack
+    from stackwise.models.counting import flops_per_token
     from stackwise.hardware import peak_memory_mb
     n = sum(p.numel() for p in model.parameters())
     fwd = flops_per_token(model.cfg, seq_len) / 3 if isinstance(model, Rack) else 2 * n  # training is 3 forward passes' worth

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from .blocks import make_norm
 from ..config import ModelConfig
 from ..core import StackwiseError
-from .rack import Rack, Stack, count_parameters, parameter_table
+from .rack import Rack, Stack
+from .counting import count_parameters, parameter_table
 
 # %% auto #0
 __all__ = ['BackpackConfig', 'backpack_europarl', 'backpack_tiny', 'StandardTransformerLM', 'BackpackLM', 'overfit_losses',

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .attention import RotaryEmbedding, apply_rope
 from ..core import StackwiseError
-from .rack import count_parameters, parameter_table
+from .counting import count_parameters, parameter_table
 
 # %% auto #0
 __all__ = ['BDHConfig', 'bdh_seed001', 'bdh_tiny', 'bdh_parameters', 'causal_linear_attention', 'BDH']

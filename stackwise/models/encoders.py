@@ -15,7 +15,8 @@ from .blocks import ACTIVATIONS, make_norm
 from ..config import ModelConfig
 from ..core import StackwiseError
 from .families import HFAdapter, layer_key, map_from_hf, map_to_hf
-from .rack import Rack, count_parameters
+from .rack import Rack
+from .counting import count_parameters
 
 # %% auto #0
 __all__ = ['ENCODER_ADAPTERS', 'MLMHead', 'Pooler', 'padding_position_ids', 'EncoderRack', 'encoder_parameters', 'EncoderAdapter',

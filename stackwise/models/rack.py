@@ -6,17 +6,15 @@
 from __future__ import annotations
 import math
 
-import pandas as pd
 import torch
 import torch.nn as nn
 
 from .attention import Attention, KVCache, RotaryEmbedding
 from .blocks import Block, make_norm
 from ..config import ModelConfig, load_config
-from ..hardware import train_flops_per_token
 
 # %% auto #0
-__all__ = ['Stack', 'Rack', 'count_parameters', 'parameter_table', 'matmul_parameters', 'flops_per_token']
+__all__ = ['Stack', 'Rack']
 
 # %% ../../nbs/23_models.rack.ipynb #28fe3596
 class Stack(nn.Module):
@@ -103,40 +101,3 @@ class Rack(nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cache:KVCache|None=None):
         "Next-token (or masked-token) logits [B, T, vocab_size]."
         return self.lm_head(self.hidden(input_ids, attention_mask, token_type_ids, position_ids, cache))
-
-# %% ../../nbs/23_models.rack.ipynb #c0663d9b
-def _unique(params): return {id(p): p for p in params}.values()
-
-def count_parameters(model_or_cfg) -> int:
-    "Exact number of parameters of a Rack (or of the Rack a config describes, built on the meta device)."
-    model = model_or_cfg
-    if isinstance(model_or_cfg, ModelConfig):
-        with torch.device('meta'): model = Rack(model_or_cfg)
-    return sum(p.numel() for p in _unique(model.parameters()))
-
-def parameter_table(model_or_cfg) -> pd.DataFrame:
-    "Parameters per top-level part (embeddings, each stack, final norm, head)."
-    model = model_or_cfg
-    if isinstance(model, ModelConfig):
-        with torch.device('meta'): model = Rack(model)
-    seen, rows = set(), []
-    for name, mod in model.named_children():
-        parts = [(f'{name}.{i}', m) for i, m in enumerate(mod)] if isinstance(mod, nn.ModuleList) else [(name, mod)]
-        for n, m in parts:
-            ps = [p for p in m.parameters() if id(p) not in seen]
-            seen.update(id(p) for p in ps)
-            if ps: rows.append(dict(part=n, parameters=sum(p.numel() for p in ps)))
-    df = pd.DataFrame(rows)
-    df['share'] = df.parameters / df.parameters.sum()
-    return df
-
-def matmul_parameters(model:nn.Module) -> int:
-    "Parameters used in matmuls: all of them less the embedding tables that are only looked up (a table tied to an output layer is a matmul too). Any nn.Module: a Rack or an HF model."
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    lookups = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Embedding) and id(m.weight) not in linear}
-    return count_parameters(model) - sum(w.numel() for w in lookups.values())
-
-def flops_per_token(cfg:ModelConfig, seq_len:int|None=None) -> int:
-    "Training FLOPs per token (6N + 12·L·d·T), N counting only parameters used in matmuls."
-    with torch.device('meta'): model = Rack(cfg)
-    return train_flops_per_token(matmul_parameters(model), cfg.n_layers, cfg.d_model, seq_len or cfg.max_seq_len)

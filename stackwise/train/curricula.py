@@ -4,18 +4,14 @@
 
 # %% ../../nbs/36_train.curricula.ipynb #58a798a5
 from __future__ import annotations
-from dataclasses import dataclass, asdict
-
-import torch
+from dataclasses import dataclass
 
 from ..config import ModelConfig
 from ..core import StackwiseError
 from .depth_time import OBJECTIVES, noise_bands
-from ..models.rack import Rack, matmul_parameters
 
 # %% auto #0
-__all__ = ['MODES', 'CURRICULA', 'ROUTES', 'FULL', 'check_plan', 'unit_blocks', 'Stage', 'plan_stages', 'forward_flops',
-           'stage_flops']
+__all__ = ['MODES', 'CURRICULA', 'ROUTES', 'FULL', 'check_plan', 'unit_blocks', 'Stage', 'plan_stages', 'stage_flops']
 
 # %% ../../nbs/36_train.curricula.ipynb #8f447448
 MODES = ('e2e', 'layerwise', 'blockwise', 'stackwise', 'progressive', 'fusion')
@@ -93,14 +89,6 @@ def plan_stages(n:int, # number of units
     return stages
 
 # %% ../../nbs/36_train.curricula.ipynb #8c566938
-def forward_flops(cfg:ModelConfig, seq_len:int|None=None) -> dict:
-    "Forward FLOPs per token of each block (`blocks`, a list) and of the head (`head`), from a Rack built on the meta device."
-    T = seq_len or cfg.max_seq_len
-    with torch.device('meta'): rack = Rack(cfg)
-    head = [m for m in (rack.final_norm, rack.lm_head) if m is not None]
-    return dict(blocks=[2 * matmul_parameters(b) + 4 * cfg.d_model * T for b in rack.blocks],
-                head=2 * sum(matmul_parameters(m) for m in head))
-
 def stage_flops(stage:Stage, units:list[list[int]], fwd:dict, # `forward_flops`
                 tokens:int, # tokens per step
                 cached:bool=False, # the left side is read from the cache

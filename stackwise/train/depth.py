@@ -20,12 +20,14 @@ from .cache import (CACHE_DTYPES, CACHE_PLACES, FROZEN_DTYPES, OFFLOADS, Activat
 from ..data.collators import SCHEDULES
 from ..config import ModelConfig, load_config
 from ..core import StackwiseError, read_json, write_json
-from .curricula import FULL, Stage, check_plan, forward_flops, plan_stages, stage_flops, unit_blocks
+from .curricula import FULL, Stage, check_plan, plan_stages, stage_flops, unit_blocks
+from ..models.counting import forward_flops
 from .depth_time import MASK_RANGE, check_band, check_mask_range, mask_time, noise_bands, noisy_batch, objective_loss, unit_of_time
 from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
 from ..models.generation import diffusion_generate, generate
 from ..hardware import memory_mb, peak_memory_mb, resolve_device, rss_mb
-from ..models.rack import Rack, count_parameters
+from ..models.rack import Rack
+from ..models.counting import count_parameters
 from ..runs import Run
 from .loop import TrainConfig, config_hash, first_batches, hashed_recipe, lr_factor, param_groups
 from .checkpoint import sha256_file, load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state

@@ -17,8 +17,7 @@ from .dtypes import dtype_policy
 
 # %% auto #0
 __all__ = ['OBJECTIVES', 'LM_OBJECTIVES', 'SCHEDULES', 'UNHASHED', 'TrainConfig', 'lr_factor', 'loss_sum', 'n_targets',
-           'hashed_recipe', 'config_hash', 'model_flops_per_token', 'param_groups', 'no_accelerator', 'first_batches',
-           'output_logits']
+           'hashed_recipe', 'config_hash', 'param_groups', 'no_accelerator', 'first_batches', 'output_logits']
 
 # %% ../../nbs/32_train.loop.ipynb #c2e6d65b
 OBJECTIVES = ('clm', 'mlm', 'multi_cls', 'single_cls', 'regression', 'token_cls', 'span_qa')
@@ -106,16 +105,6 @@ def config_hash(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 # %% ../../nbs/32_train.loop.ipynb #b3e53bfa
-def model_flops_per_token(model, seq_len:int) -> int:
-    "Training FLOPs per token of a Rack or an HF decoder (6N + 12·L·d·T, lookup embeddings excluded)."
-    from stackwise.hardware import train_flops_per_token
-    from stackwise.models.rack import Rack, flops_per_token, matmul_parameters
-    if isinstance(model, Rack): return flops_per_token(model.cfg, seq_len)
-    c = model.config
-    L = getattr(c, 'num_hidden_layers', None) or c.n_layer
-    d = getattr(c, 'hidden_size', None) or c.n_embd
-    return train_flops_per_token(matmul_parameters(model), L, d, seq_len)
-
 def param_groups(model, weight_decay:float) -> list[dict]:
     "Decay matrices only: biases, norm gains and embeddings keep their scale (GPT-2/nanoGPT practice)."
     emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}

@@ -23,10 +23,12 @@ from .depth import DepthConfig, DepthTrainer, materialize_shell, lazy_rack, run_
 from .loop import TrainConfig
 from ..config import ModelConfig, load_config
 from ..core import StackwiseError
-from .curricula import forward_flops, plan_stages, stage_flops, unit_blocks
+from ..models.counting import forward_flops
+from .curricula import plan_stages, stage_flops, unit_blocks
 from .dtypes import dtype_policy
 from ..hardware import DATASHEET_TFLOPS
-from ..models.rack import Rack, count_parameters, flops_per_token
+from ..models.rack import Rack
+from ..models.counting import count_parameters, flops_per_token
 
 # %% auto #0
 __all__ = ['GPUS', 'GPU_RUNTIME_BYTES', 'ACTIVATION_MODELS', 'PLAN_MODES', 'parse_size', 'fmt_bytes', 'fmt_seconds', 'check_gpu',

@@ -19,8 +19,8 @@ from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_op
 from ..hardware import peak_memory_mb
 from ..runs import Run
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state
-from .loop import (LM_OBJECTIVES, TrainConfig, config_hash, first_batches, hashed_recipe, loss_sum, lr_factor,
-                                  model_flops_per_token, n_targets, no_accelerator, output_logits, param_groups)
+from .loop import (LM_OBJECTIVES, TrainConfig, config_hash, first_batches, hashed_recipe, loss_sum, lr_factor, n_targets, no_accelerator, output_logits, param_groups)
+from ..models.counting import model_flops_per_token
 
 # %% auto #0
 __all__ = ['Trainer', 'batches', 'train_step', 'evaluate', 'save', 'resume', 'plot_training', 'fit']
