@@ -370,7 +370,7 @@ def plan_check_part(ctx:Context, run:Run, configs:list, steps:int, dtype:str) ->
     "Peak memory of each configuration, measured and planned."
     from stackwise.train import plan as sp
     from stackwise.config import load_config
-    from stackwise.train.depth import run_spec
+    from stackwise.bench.depth_study import run_spec
     cuda, rows = ctx.device.type == 'cuda', []
     for c in configs:
         d_ff = 64 * round(8 / 3 * c['d'] / 64)

@@ -223,7 +223,7 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
 
 def train_study_runs(spec:dict, # `runs`: a list of `train_study_run` specs, one model's seeds
                     ) -> dict:
-    "`train_study_run` of each spec in turn, in this process (`depth.run_fresh` runs it in a new one): `{'results': [...]}`."
+    "`train_study_run` of each spec in turn, in this process (`depth_study.run_fresh` runs it in a new one): `{'results': [...]}`."
     from stackwise.hardware import rss_mb
     base = rss_mb()
     return dict(results=[train_study_run(s, base) for s in spec['runs']])

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/38_train.depth.ipynb #c74e5666
 from __future__ import annotations
-import ctypes, dataclasses, json, math, os, random, subprocess, sys, time
+import ctypes, dataclasses, math, random, time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
@@ -18,16 +18,15 @@ from ..models.blocks import Block
 from .cache import (CACHE_DTYPES, CACHE_PLACES, FROZEN_DTYPES, OFFLOADS, ActivationCache, FrozenUnits, check_cache_budget,
                              check_choice, check_quantizable)
 from ..data.collators import SCHEDULES
-from ..config import ModelConfig, load_config
+from ..config import ModelConfig
 from ..core import StackwiseError, read_json, write_json
 from .curricula import FULL, Stage, check_plan, plan_stages, stage_flops, unit_blocks
 from ..models.counting import forward_flops
 from .depth_time import MASK_RANGE, check_band, check_mask_range, mask_time, noise_bands, noisy_batch, objective_loss, unit_of_time
 from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
 from ..models.generation import diffusion_generate, generate
-from ..hardware import memory_mb, peak_memory_mb, resolve_device, rss_mb
+from ..hardware import memory_mb, peak_memory_mb, resolve_device
 from ..models.rack import Rack
-from ..models.counting import count_parameters
 from ..runs import Run
 from .loop import TrainConfig, config_hash, first_batches, hashed_recipe, lr_factor, param_groups
 from .checkpoint import sha256_file, load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state
@@ -36,8 +35,7 @@ from .trainer import plot_training
 # %% auto #0
 __all__ = ['GROW_INITS', 'DepthConfig', 'lazy_rack', 'block_builder', 'zero_residual_outputs', 'materialize_shell', 'head_logits',
            'run_blocks', 'DepthModel', 'release_host_memory', 'check_depth', 'DepthTrainer', 'evaluate', 'fit',
-           'plot_depth', 'causal_fusion', 'assemble', 'sample', 'generate_causal', 'run_spec', 'run_fresh',
-           'plot_memory', 'plot_val_vs_flops', 'plot_comparison']
+           'plot_depth', 'causal_fusion', 'assemble', 'sample', 'generate_causal']
 
 # %% ../../nbs/38_train.depth.ipynb #da395b54
 GROW_INITS = ('zero', 'random')
@@ -639,96 +637,3 @@ def generate_causal(self:DepthTrainer, prompt:torch.Tensor, max_new_tokens:int=3
     return generate(self.assemble(), prompt.to(self.device), max_new_tokens, temperature, top_k, generator=generator)
 
 DepthTrainer.causal_fusion, DepthTrainer.assemble, DepthTrainer.sample, DepthTrainer.generate_causal = causal_fusion, assemble, sample, generate_causal
-
-# %% ../../nbs/38_train.depth.ipynb #ac5fc72d
-def _tokens(data:str, seed:int=0, root=None, split:str='train'):
-    from stackwise.data.sources import load_dataset, synthetic_corpus
-    from stackwise.data.packing import packed_corpus
-    from stackwise.data.tokenization import ByteTokenizer
-    texts = synthetic_corpus(n_docs=64, seed=seed)[0] if data == 'synthetic' else load_dataset(data, split, root=root)
-    return ByteTokenizer(), np.asarray(packed_corpus(texts, ByteTokenizer(), progress=False))
-
-def _downstream(model, tok, ev:dict, root=None) -> dict:
-    "Scores of the trained model on `ev['tasks']` through the evaluation harness (first `ev['limit']` rows); a task whose data are missing gets its error."
-    from stackwise.eval.harness import evaluate_task
-    out = {}
-    for task in ev.get('tasks', []):
-        try: out[task] = evaluate_task(model, tok, task, limit=ev.get('limit'), root=root, progress=False)
-        except StackwiseError as e: out[task] = dict(error=str(e).splitlines()[0])
-    return out
-
-def run_spec(spec:dict) -> dict:
-    "Train the run `spec` describes (byte tokens of `data`'s `split`, validated on `val_split` or the last `val_fraction`) and return its figures and history."
-    from stackwise.data.packing import BlockLoader, TokenBlocks
-    data, root, dseed = spec.get('data', 'synthetic'), spec.get('data_root') or None, spec.get('data_seed', spec.get('seed', 0))
-    tok, ids = _tokens(data, dseed, root, spec.get('split', 'train'))
-    T, B, seed = spec.get('block_size', 64), spec.get('batch_size', 16), spec.get('seed', 0)
-    if spec.get('val_split') and data != 'synthetic': ids, cut = np.concatenate([ids, _tokens(data, dseed, root, spec['val_split'])[1]]), len(ids)
-    else: cut = int(len(ids) * (1 - spec.get('val_fraction', 0.1)))
-    depth = DepthConfig(**{'mask_token_id': tok.mask_token_id, **spec.get('depth', {})})
-    mcfg = load_config(spec.get('preset', 'decoder/gpt2_family/nano'),
-                       [f'vocab_size={tok.vocab_size}', f'max_seq_len={T}', f'causal={depth.objective == "clm"}', *spec.get('model', [])])
-    cfg = TrainConfig(**{'progress': False, 'mfu': False, 'tensorboard': False, 'seed': seed, **spec.get('train', {})})
-    train = BlockLoader(TokenBlocks(ids[:cut], T), B, seed=seed)
-    val = BlockLoader(TokenBlocks(ids[cut:], T), B, shuffle=False) if spec.get('validate', True) else None
-    base = rss_mb()
-    torch.manual_seed(seed)
-    rack = lazy_rack(mcfg) if spec.get('lazy', True) else Rack(mcfg)
-    trainer = DepthTrainer(rack, train, depth, cfg, val, device=spec.get('device', 'cpu'))
-    out = trainer.fit()
-    if spec.get('causal_fusion'): out['causal_fusion'] = trainer.causal_fusion(spec['causal_fusion'])
-    if spec.get('evaluate'): out['downstream'] = _downstream(trainer.assemble(), tok, spec['evaluate'], root)
-    return dict(out, base_rss_mb=base, peak_rss_mb=peak_memory_mb(torch.device('cpu')), params=count_parameters(mcfg),
-                planned_steps=trainer.steps, stages_summary=trainer.summaries, history=trainer.history)
-
-def run_fresh(spec:dict, timeout:int|None=None, env:dict|None=None,
-              target:str='stackwise.train.depth:run_spec', # module:function taking the spec and returning a JSON-able dict
-             ) -> dict:
-    "`run_spec(spec)` (or another `target`) in a new Python process (its peak memory is this run's alone)."
-    mod, fn = target.split(':')
-    code = f'import json, sys; from {mod} import {fn}; print("\\n" + json.dumps({fn}(json.load(sys.stdin)), default=str))'
-    r = subprocess.run([sys.executable, '-c', code], input=json.dumps(spec), capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, **(env or {})})
-    if r.returncode != 0: raise StackwiseError(f'the run failed in its process (exit {r.returncode}):\n{r.stderr[-3000:]}')
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-# %% ../../nbs/38_train.depth.ipynb #d1a6aec7
-def plot_memory(mem, # rows: layers, mode, peak_rss_mb, net_mb
-                title:str=''):
-    "Peak memory by depth, e2e against layerwise: with the process's base (solid) and above it (dashed)."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for mode, c in (('e2e', 'tab:red'), ('layerwise', 'tab:blue')):
-        m = mem[mem['mode'] == mode].sort_values('layers')
-        ax.plot(m.layers, m.peak_rss_mb / 1024, 'o-', color=c, label=f'{mode}: peak RSS')
-        ax.plot(m.layers, m.net_mb / 1024, 'o--', color=c, alpha=0.6, label=f'{mode}: above the base')
-    depths = sorted(mem.layers.unique())
-    ax.set_xscale('log', base=2); ax.set_xticks(depths); ax.set_xticklabels(depths)
-    ax.set_xlabel('layers'); ax.set_ylabel('GiB'); ax.set_title(title); ax.legend(fontsize=8); ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-def plot_val_vs_flops(curves, # rows: plan, flops, val_loss
-                      title:str=''):
-    "Validation loss against training FLOPs, one line per plan (e2e bold)."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
-    for plan, c in curves.dropna(subset=['val_loss']).groupby('plan', sort=False):
-        e2e = plan.startswith('e2e')
-        ax.plot(c.flops, c.val_loss, 'o-' if e2e else '.-', ms=3, lw=2.2 if e2e else 1, color='k' if e2e else None, label=plan)
-    ax.set_xlabel('training FLOPs'); ax.set_ylabel('validation loss'); ax.set_title(title); ax.grid(alpha=0.3); ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
-
-def plot_comparison(table, # rows: plan, val_loss, tokens_per_s, net_mb, train_s
-                    title:str=''):
-    "Validation loss, tokens/s, peak memory above the process base and training wall time, one bar per plan (e2e red)."
-    import matplotlib.pyplot as plt
-    cols = [('val_loss', 'validation loss'), ('tokens_per_s', 'tokens/s'), ('net_mb', 'peak memory above base (MiB)'),
-            ('train_s', 'training wall time (s)')]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 0.35 * len(table) + 1.5), sharey=True)
-    for ax, (c, label) in zip(axes, cols):
-        ax.barh(table.plan, table[c], color=['tab:red' if p.startswith('e2e') else 'tab:blue' for p in table.plan])
-        ax.set_xlabel(label); ax.grid(axis='x', alpha=0.3)
-    axes[0].invert_yaxis(); fig.suptitle(title); fig.tight_layout()
-    return fig

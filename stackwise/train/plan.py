@@ -4,38 +4,29 @@
 
 # %% ../../nbs/39_train.plan.ipynb #c241b94d
 from __future__ import annotations
-import dataclasses, math, os, re, time
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
+import dataclasses, math, re
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.nn as nn
 
-from ..models.blocks import Block
 from .. import hardware
-from .cache import CACHE_DTYPES, FROZEN_DTYPES, FrozenUnits, check_choice
-from ..config import config_dict
-from ..core import read_json, write_json
-from .depth import DepthConfig, DepthTrainer, materialize_shell, lazy_rack, run_blocks
-from .loop import TrainConfig
 from ..config import ModelConfig, load_config
 from ..core import StackwiseError
-from ..models.counting import forward_flops
+from ..hardware import DATASHEET_TFLOPS
+from ..models.counting import count_parameters, flops_per_token, forward_flops
+from ..models.rack import Rack
+from .cache import CACHE_DTYPES, FROZEN_DTYPES, check_choice
 from .curricula import plan_stages, stage_flops, unit_blocks
 from .dtypes import dtype_policy
-from ..hardware import DATASHEET_TFLOPS
-from ..models.rack import Rack
-from ..models.counting import count_parameters, flops_per_token
 
 # %% auto #0
 __all__ = ['GPUS', 'GPU_RUNTIME_BYTES', 'ACTIVATION_MODELS', 'PLAN_MODES', 'parse_size', 'fmt_bytes', 'fmt_seconds', 'check_gpu',
            'gpu_key', 'state_bytes_per_param', 'korthikanti_activation_bytes', 'stackwise_activation_bytes',
            'head_activation_bytes', 'traced_activation_bytes', 'frozen_bytes', 'PlanSetup', 'layer_activation_bytes',
            'backward_overlap', 'plan_memory', 'fits', 'plan_flops', 'plan_time', 'plan', 'format_plan', 'verdict',
-           'peak_components', 'plot_plans', 'token_batches', 'layerwise_run', 'save_frozen_rack', 'load_frozen_rack']
+           'peak_components', 'plot_plans']
 
 # %% ../../nbs/39_train.plan.ipynb #a475ec31
 _UNITS = {'': 1, 'b': 1, 'k': 1e3, 'kb': 1e3, 'm': 1e6, 'mb': 1e6, 'g': 1e9, 'gb': 1e9, 't': 1e12, 'tb': 1e12, 'p': 1e15, 'pb': 1e15,
@@ -377,89 +368,3 @@ def plot_plans(plans:dict, # label -> a `plan()` result
     ax.set_ylabel(f'{place} memory at its peak (GB)'); ax.set_title(title); ax.grid(axis='y', alpha=0.3)
     fig.tight_layout()
     return fig
-
-# %% ../../nbs/39_train.plan.ipynb #b3e97996
-def token_batches(data:str='tinyshakespeare', # a registry LM corpus (`datasets.load_dataset`, synthetic when it is not there), or 'synthetic'
-                  seq:int=2048, batch:int=1, root=None, seed:int=0, val_fraction:float=0.1):
-    "Training and validation `BlockLoader`s of byte-token blocks [batch, seq + 1], the last `val_fraction` held out (the synthetic language, loudly, without a local copy)."
-    from stackwise.data.sources import load_dataset
-    from stackwise.data.packing import BlockLoader, TokenBlocks, packed_corpus
-    from stackwise.data.tokenization import ByteTokenizer
-    from stackwise.data.sources import synthetic_corpus
-    texts = synthetic_corpus(n_docs=64, seed=seed)[0] if data == 'synthetic' else load_dataset(data, 'train', root=root, synthetic_fallback=True)
-    ids = np.asarray(packed_corpus(texts, ByteTokenizer(), progress=False))
-    cut = int(len(ids) * (1 - val_fraction))
-    return BlockLoader(TokenBlocks(ids[:cut], seq), batch, seed=seed), BlockLoader(TokenBlocks(ids[cut:], seq), batch, shuffle=False)
-
-def layerwise_run(cfg:ModelConfig, train_data, # a BlockLoader (`token_batches`)
-                  val_data=None, # held-out batches: the whole model's loss on them after each layer (None: none)
-                  steps_per_layer:int=20, quant:str='nf4', # the frozen layers: nf4 or int8 (bitsandbytes), bf16 or fp32
-                  dtype:str='amp_bf16', device='cpu', cache_dtype:str='bf16', lr:float=3e-4, warmup_steps:int=2, seed:int=0,
-                  peak_tflops:float|None=None, # the MFU's denominator (None: `hardware.peak_tflops` of the device in the compute dtype)
-                  eval_batches:int=2, on_layer=None, # called as on_layer(row) after each layer, with its figures
-                  fresh:bool=False): # each layer on batches no earlier layer saw (`DepthConfig.fresh_batches`), not one fixed set
-    "Train `cfg` layer by layer, left to right, on cached activations (of one fixed set of batches, or fresh ones per layer), each layer quantized once trained; per-layer figures."
-    if steps_per_layer < 1: raise StackwiseError(f'steps_per_layer must be >= 1, got {steps_per_layer}')
-    top = int(np.max(train_data.blocks.tokens))
-    if top >= cfg.vocab_size: raise StackwiseError(f'the batches hold token {top}, past vocab_size={cfg.vocab_size}: raise vocab_size (bytes need 260)')
-    depth = DepthConfig(mode='layerwise', curriculum='left2right', objective='clm', steps_per_stage=steps_per_layer, cache='device',
-                        cache_dtype=cache_dtype, frozen_dtype=quant, masters=False, fresh_batches=fresh)
-    tc = TrainConfig(max_steps=steps_per_layer, lr=lr, warmup_steps=min(warmup_steps, steps_per_layer), dtype=dtype, seed=seed,
-                     eval_batches=eval_batches, progress=False, mfu=False, tensorboard=False)
-    rows, t_last = [], [time.perf_counter()]
-    def stage_done(trainer, st):
-        s, now = trainer.summaries[-1], time.perf_counter()
-        h = pd.DataFrame([r for r in trainer.history if r.get('stage') == st.index and r.get('loss') is not None])
-        cuda = trainer.device.type == 'cuda'
-        row = dict(layer=st.index, steps=s['steps'], loss_first=float(h.loss.iloc[0]), loss_last=float(h.loss.iloc[-1]),
-                   loss_min=float(h.loss.min()), val_loss=s.get('val_loss'), tokens=s['tokens'], setup_s=s['setup_s'], train_s=s['train_s'], layer_s=now - t_last[0],
-                   tokens_per_s=s['tokens'] / s['train_s'], train_flops=s['train_flops'], cache_fill_flops=s['cache_fill_flops'],
-                   mfu=s['train_flops'] / s['train_s'] / (peak * 1e12), peak_mem_mb=s['stage_mem_mb'],
-                   reserved_mb=torch.cuda.max_memory_reserved(trainer.device) / 2**20 if cuda else hardware.rss_mb(),
-                   frozen_mb=s['frozen_resident_bytes'] / 2**20, cache_mb=s['cache_bytes'] / 2**20, trainable_params=s['trainable_params'])
-        rows.append(row); t_last[0] = now
-        if cuda: torch.cuda.reset_peak_memory_stats(trainer.device)
-        if on_layer: on_layer(row)
-    trainer = DepthTrainer(lazy_rack(cfg), train_data, depth, tc, val_data, device=device, on_stage=stage_done)
-    peak = peak_tflops or hardware.peak_tflops(trainer.policy.compute_dtype, trainer.device)
-    out = trainer.fit()
-    hist = pd.DataFrame([r for r in trainer.history if r.get('loss') is not None])
-    val0 = next((r['val_loss'] for r in trainer.history if r.get('phase') == 'init'), None)  # before any layer: the embeddings and head alone
-    return dict(trainer=trainer, rack=trainer.rack, history=hist, layers=pd.DataFrame(rows), summary=out, peak_tflops=peak, val_loss_init=val0)
-
-# %% ../../nbs/39_train.plan.ipynb #b6d5c2e5
-def save_frozen_rack(rack:Rack, folder, # where model.safetensors and model.json go
-                     quant:str, compute_dtype:torch.dtype=torch.bfloat16) -> Path:
-    "Save a Rack whose blocks are frozen (nf4/int8 with bitsandbytes' scales, or bf16/fp32): its state as stored, and its config; atomically."
-    from safetensors.torch import save_file
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder/'.model.safetensors.tmp'
-    save_file({k: v.detach().contiguous() for k, v in rack.state_dict().items()}, str(tmp))
-    os.replace(tmp, folder/'model.safetensors')
-    write_json(folder/'model.json', dict(config=config_dict(rack.cfg), quant=quant, compute_dtype=str(compute_dtype).removeprefix('torch.')))
-    return folder/'model.safetensors'
-
-def load_frozen_rack(folder, device='cpu') -> Rack:
-    "A Rack saved by `save_frozen_rack`, its blocks quantized as they were trained (built one at a time: never the whole model in fp32)."
-    import bitsandbytes as bnb
-    from safetensors.torch import load_file
-    folder = Path(folder)
-    if not (folder/'model.json').exists(): raise StackwiseError(f'no model.json in {folder}: point at a folder written by save_frozen_rack')
-    meta = read_json(folder/'model.json')
-    cfg = load_config(None, meta['config'])
-    rack = lazy_rack(cfg); materialize_shell(rack)
-    fu = FrozenUnits(lambda l: Block(cfg, l), meta['quant'], compute_dtype=getattr(torch, meta['compute_dtype']))
-    for stack in rack.stacks:
-        for i, b in enumerate(stack.blocks):
-            stack.blocks[i] = fu.convert([b.to_empty(device=device)])[0]  # quantizes whatever the memory held: the saved state replaces it
-    sd = load_file(str(folder/'model.safetensors'), device=str(device))
-    for name, m in rack.named_modules():
-        if isinstance(m, bnb.nn.Linear4bit):  # a 4-bit weight comes back with its quantization state
-            k = f'{name}.weight'
-            stats = {s[len(k) + 1:]: sd.pop(s) for s in [s for s in sd if s.startswith(k + '.')]}
-            m.weight = bnb.nn.Params4bit.from_prequantized(sd.pop(k), stats, requires_grad=False, device=device)
-    bad = rack.load_state_dict(sd, strict=False)
-    missing = [k for k in bad.missing_keys if not isinstance(rack.get_submodule(k.rsplit('.', 1)[0]), bnb.nn.Linear4bit)]
-    if missing or bad.unexpected_keys:
-        raise StackwiseError(f'{folder/"model.safetensors"} does not match its model.json: missing {missing[:5]}, unexpected {bad.unexpected_keys[:5]}')
-    return rack.to(device).eval().requires_grad_(False)
