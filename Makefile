@@ -65,7 +65,7 @@ gpu-pack: $(STAMP)  ## fill .gpu/ (git-ignored) with the wheels and data the GPU
 gpu-rehearse: $(STAMP)  ## stackwise gpu --dry-run in an environment pinned like the GPU image, from packed wheels only: make gpu-rehearse PINNED_PY=/work/gpuenv/bin/python
 	@test -n "$(PINNED_PY)" || { echo 'make gpu-rehearse needs PINNED_PY=<python of an environment pinned like the GPU image> (chapter 55_bench.gpu says how to make one)'; exit 2; }
 	@d=$$(mktemp -d); v=$$($(PINNED_PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
-	$(BIN)/python -c "from stackwise.bench.gpu import build_pack; build_pack('$$d/pack', $(if $(DATA),'$(DATA)',None), python_version='$$v')" && \
+	$(BIN)/python -c "from stackwise.bench.gpu_pack import build_pack; build_pack('$$d/pack', $(if $(DATA),'$(DATA)',None), python_version='$$v')" && \
 	$(PINNED_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $$d/site $$d/pack/wheels/*.whl && \
 	time env PYTHONPATH=$$d/site:$$PWD STACKWISE_DATA=$$d/pack/data HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 \
 	  $(PINNED_PY) -m stackwise.cli gpu --dry-run --out $$d/out --results $$d/results; rc=$$?; rm -rf $$d; exit $$rc

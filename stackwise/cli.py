@@ -74,7 +74,8 @@ def _docs(a):
 def _gpu(a):
     from stackwise.bench import gpu
     if a.pack:
-        gpu.build_pack(data_root=a.data); return
+        from stackwise.bench.gpu_pack import build_pack
+        build_pack(data_root=a.data); return
     if a.unpack:
         got = gpu.unpack(a.unpack, a.results)
         print('\n'.join(f'unpacked {p}' for p in got) or 'nothing new to unpack'); return

@@ -11,7 +11,8 @@ def _gpu(*args, timeout=600):
     return subprocess.run([sys.executable, '-m', 'stackwise.cli', 'gpu', *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 def test_dry_run_every_part(tmp_path):
-    from stackwise.bench.gpu import MAX_ARCHIVE_BYTES, PARTS, unpack
+    from stackwise.bench.gpu import MAX_ARCHIVE_BYTES, parts, unpack
+    PARTS = parts()
     out, results = tmp_path/'out', tmp_path/'results'
     r = _gpu('--dry-run', '--budget', '400', '--out', str(out), '--results', str(results))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from stackwise import hardware
+from stackwise.models.counting import train_flops_per_token
 
 
 @pytest.mark.parametrize('name,dtype,tflops', [
@@ -37,4 +38,4 @@ def test_peak_is_cached_per_machine():
 
 def test_flops_per_token_matches_palm_formula():
     # GPT-2 small as nanoGPT counts it: 6N + 12 L d T with N = non-position-embedding parameters
-    assert hardware.train_flops_per_token(124_439_808 - 1024 * 768, 12, 768, 1024) == 6 * 123_653_376 + 12 * 12 * 768 * 1024
+    assert train_flops_per_token(124_439_808 - 1024 * 768, 12, 768, 1024) == 6 * 123_653_376 + 12 * 12 * 768 * 1024

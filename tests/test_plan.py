@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from stackwise.train import plan as sp
+from stackwise.bench import llama70b as lw
 from stackwise.models.blocks import Block
 from stackwise.cli import main
 from stackwise.config import load_config
@@ -124,8 +125,8 @@ def tiny_run():
     torch.manual_seed(0)
     cfg = load_config('decoder/llama_family/70b', ['d_model=64', 'n_heads=2', 'n_kv_heads=1', 'd_ff=192', 'n_layers=3', 'vocab_size=260',
                                                      'max_seq_len=32'])
-    loader, val = sp.token_batches('synthetic', seq=32, batch=4)
-    return sp.layerwise_run(cfg, loader, val, steps_per_layer=20, quant='nf4', dtype='fp32', device='cpu', cache_dtype='fp32', lr=3e-3,
+    loader, val = lw.token_batches('synthetic', seq=32, batch=4)
+    return lw.layerwise_run(cfg, loader, val, steps_per_layer=20, quant='nf4', dtype='fp32', device='cpu', cache_dtype='fp32', lr=3e-3,
                             peak_tflops=1.0)
 
 
@@ -153,18 +154,18 @@ def test_cache_handover_equals_recomputed(tiny_run):
 
 def test_saved_model_reloads_and_generates(tiny_run, tmp_path):
     rack = tiny_run['rack'].eval()
-    path = sp.save_frozen_rack(rack, tmp_path/'model', 'nf4', torch.float32)
+    path = lw.save_frozen_rack(rack, tmp_path/'model', 'nf4', torch.float32)
     assert path.exists() and (tmp_path/'model'/'model.json').exists()
-    back = sp.load_frozen_rack(tmp_path/'model')
+    back = lw.load_frozen_rack(tmp_path/'model')
     ids = torch.tensor([list(b'ROMEO:')])
     with torch.no_grad(): torch.testing.assert_close(back(ids), rack(ids), rtol=0, atol=1e-5)
     out = generate(back, ids, 12, top_k=1)
     assert out.shape == (1, 18) and out[0, :6].tolist() == list(b'ROMEO:')
-    with pytest.raises(StackwiseError, match='save_frozen_rack'): sp.load_frozen_rack(tmp_path)
+    with pytest.raises(StackwiseError, match='save_frozen_rack'): lw.load_frozen_rack(tmp_path)
 
 
 def test_layerwise_run_bad_input():
     cfg = load_config('decoder/llama_family/70b', ['d_model=64', 'n_heads=2', 'n_kv_heads=1', 'd_ff=192', 'n_layers=2', 'vocab_size=100'])
-    loader, _ = sp.token_batches('synthetic', seq=16, batch=2)
-    with pytest.raises(StackwiseError, match='vocab_size'): sp.layerwise_run(cfg, loader, None, 2, peak_tflops=1.0)
-    with pytest.raises(StackwiseError, match='steps_per_layer'): sp.layerwise_run(cfg, loader, None, 0, peak_tflops=1.0)
+    loader, _ = lw.token_batches('synthetic', seq=16, batch=2)
+    with pytest.raises(StackwiseError, match='vocab_size'): lw.layerwise_run(cfg, loader, None, 2, peak_tflops=1.0)
+    with pytest.raises(StackwiseError, match='steps_per_layer'): lw.layerwise_run(cfg, loader, None, 0, peak_tflops=1.0)

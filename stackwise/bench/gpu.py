@@ -4,26 +4,22 @@
 
 # %% ../../nbs/55_bench.gpu.ipynb #b5fcf142
 from __future__ import annotations
-import gc, json, math, os, shutil, subprocess, sys, tarfile, tempfile, time, traceback, zipfile
+import json, os, subprocess, sys, tarfile, tempfile, time, traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 
 from .. import hardware
-from ..core import StackwiseError, project_root, read_json, write_json
+from ..core import StackwiseError, read_json
 from ..runs import Run, list_runs, results_root, run_status, start_run
 
 # %% auto #0
-__all__ = ['PARTS', 'TARGET_GPU', 'TRAINER_GPU', 'TRAINER_DRY', 'DTYPE_CONFIG_ORDER', 'PLAN_CHECK_GPU', 'PLAN_CHECK_DRY',
-           'MAX_ARCHIVE_BYTES', 'MAX_FILES_BACK', 'PREFLIGHT', 'PACK_WHEELS', 'PACK_DATA', 'BNB_KEEP', 'PACK_LIMIT',
-           'GPU_BUDGET_S', 'GPU_TIMEOUT_S', 'GPU_CARRY', 'GPU_COMMAND', 'Context', 'Part', 'part', 'effective_rate',
-           'hardware_part', 'llama70b_part', 'plot_layers', 'trainer_part', 'dtype_matrix_part', 'plan_check_part',
-           'bdh_part', 'backpack_part', 'done_run', 'pack_run', 'unpack', 'run_part', 'preflight', 'run_parts',
-           'format_summary', 'list_parts', 'evidence', 'checkout_bytes', 'slim_bitsandbytes', 'build_pack',
+__all__ = ['PARTS', 'TARGET_GPU', 'MAX_ARCHIVE_BYTES', 'MAX_FILES_BACK', 'PREFLIGHT', 'GPU_BUDGET_S', 'GPU_TIMEOUT_S',
+           'GPU_CARRY', 'GPU_COMMAND', 'Context', 'Part', 'part', 'parts', 'effective_rate', 'done_run', 'pack_run',
+           'unpack', 'run_part', 'preflight', 'run_parts', 'format_summary', 'list_parts', 'evidence',
            'gpu_instructions']
 
 # %% ../../nbs/55_bench.gpu.ipynb #08506dbd
@@ -73,417 +69,17 @@ def part(name:str, title:str, gpu:dict, dry:dict, planned:Callable, headline:Cal
         return fn
     return add
 
+def parts() -> dict[str, Part]:
+    "Every part, in priority order: importing `gpu_parts` registers them."
+    import stackwise.bench.gpu_parts  # noqa: F401
+    return PARTS
+
 # %% ../../nbs/55_bench.gpu.ipynb #aba1ba03
 TARGET_GPU = 'NVIDIA H200'  # what `--list` plans for on a machine without one
 
 def effective_rate(dry:bool, gpu_name:str=TARGET_GPU) -> float:
     "The FLOP/s planned times assume: 35% of the dense bf16 datasheet peak of `gpu_name`, or 20 GFLOP/s for the CPU rehearsal."
     return 2e10 if dry else 0.35 * (hardware.datasheet_tflops(gpu_name, 'bf16') or 100.0) * 1e12
-
-# %% ../../nbs/55_bench.gpu.ipynb #b81b076a
-def _hardware_planned(s:dict, rate:float) -> float:
-    return len(s['dtypes']) * len(s['sizes']) * (2.5 * s['min_time'] + 0.3) + 3 * 2.5 * s['min_time'] + 5
-
-@part('hardware', 'matmul TFLOP/s per dtype and copy bandwidth, beside the datasheet peaks',
-      gpu=dict(sizes=[1024, 2048, 4096, 8192], dtypes=['bf16', 'fp16', 'fp8', 'tf32', 'fp32'], copy_mib=2048, min_time=0.5),
-      dry=dict(sizes=[64, 128], dtypes=['fp32', 'bf16'], copy_mib=8, min_time=0.02),
-      planned=_hardware_planned,
-      headline=lambda m: ', '.join(f'{k} {v:.4g}' for k, v in m['measured_tflops'].items()) + ' TFLOP/s')
-def hardware_part(ctx:Context, run:Run, sizes:list, dtypes:list, copy_mib:int, min_time:float) -> dict:
-    "Matmul TFLOP/s per dtype and size, copy GB/s."
-    info, rows = hardware.device_info(ctx.device), []
-    for key in dtypes:
-        if key == 'fp8' and not hardware.has_fp8(ctx.device): print('fp8: no fp8 matmuls on this device', flush=True); continue
-        sheet = ctx.datasheet(key)
-        for n in sizes:
-            t = hardware.measure_matmul_tflops(key, n, ctx.device, min_time)
-            rows.append(dict(dtype=key, n=n, tflops=t, datasheet_tflops=sheet, of_datasheet=t / sheet if sheet else None))
-            run.log_step(**rows[-1])
-            print(f'{key:>5} n={n:>5}: {t:9.4g} TFLOP/s' + (f' ({t / sheet:.0%} of the datasheet {sheet:g})' if sheet else ''), flush=True)
-    run.flush()
-    df = pd.DataFrame(rows)
-    best = df.groupby('dtype', sort=False).tflops.max()
-    copies = {d: hardware.measure_copy_gbps(d, copy_mib, ctx.device, min_time) for d in (('copy', 'h2d', 'd2h') if ctx.device.type == 'cuda' else ('copy',))}
-    print('  '.join(f'{d} {v:,.0f} GB/s' for d, v in copies.items()), flush=True)
-    run.save_chart(hardware.plot_matmul_sweep(df, f'{info["name"]}: matmul TFLOP/s'), 'matmul')
-    sheets = {k: ctx.datasheet(k) for k in best.index}
-    return dict(device_info=info, measured_tflops=best.to_dict(), datasheet_tflops=sheets,
-                of_datasheet={k: (best[k] / v if v else None) for k, v in sheets.items()}, copy_gbps=copies)
-
-# %% ../../nbs/55_bench.gpu.ipynb #80ed3204
-def _llama_cfg(shape:str, seq_len:int):
-    from stackwise.config import load_config
-    return load_config('decoder/llama_family/70b', [s.strip().replace(':', '=', 1) for s in (shape or '').split(',') if s.strip()] + [f'max_seq_len={seq_len}'])
-
-def _llama70b_planned(s:dict, rate:float) -> float:
-    from stackwise.models.counting import forward_flops
-    cfg = _llama_cfg(s['shape'], s['seq_len'])
-    fwd = forward_flops(cfg, s['seq_len'])
-    L, tok = cfg.n_layers, s['batch_size'] * s['seq_len']
-    block, head = fwd['blocks'][0], fwd['head']
-    fill = s['steps_per_layer'] * tok * block * L * (L - 1) / 2  # layer k's fresh batches through the k layers before it
-    train = 3 * (block + head) * tok * s['steps_per_layer'] * L
-    evals = s['eval_batches'] * tok * (block * L * (L + 1) / 2 + head * L)  # the whole model on the held-out batches after each layer
-    model_gb = cfg.n_layers * block / 2 / (4 * s['seq_len']) * 0.6 / 1e9  # nf4 weights: half a byte per parameter, and their scales
-    gpu = rate > 1e12
-    return (fill + train + evals) / rate + L * (0.6 if gpu else 0.3) + 2 * model_gb / 1.0 + (20 if gpu else 3)  # per layer: build, quantize, optimizer; save and load at 1 GB/s
-
-def _llama70b_headline(m:dict) -> str:
-    return (f"{m['n_layers']} layers, peak {m['peak_allocated_gb']:.1f} GB allocated (planned {m['planned_peak_gb']:.1f}), "
-            f"{m['tokens_per_s_mean']:,.0f} tokens/s, MFU {m['mfu_mean']:.1%}" if m.get('mfu_mean') is not None else
-            f"{m['n_layers']} layers, {m['tokens_per_s_mean']:,.0f} tokens/s")
-
-# %% ../../nbs/55_bench.gpu.ipynb #c2748da1
-@part('llama70b', 'Llama-2-70B trained layer by layer on cached activations, frozen layers in nf4, each layer on fresh batches; saved, reloaded, generating',
-      gpu=dict(shape='', seq_len=2048, batch_size=1, steps_per_layer=4, quant='nf4', dtype='amp_bf16', cache_dtype='bf16', lr=3e-4,
-               warmup_steps=1, eval_batches=1, gen_tokens=32, data='tinyshakespeare', seed=0),
-      dry=dict(shape='d_model:64,n_heads:4,n_kv_heads:1,d_ff:192,n_layers:4,vocab_size:260', seq_len=32, batch_size=2, steps_per_layer=3,
-               quant='nf4', dtype='fp32', cache_dtype='bf16', lr=1e-3, warmup_steps=1, eval_batches=1, gen_tokens=8, data='tinyshakespeare', seed=0),
-      planned=_llama70b_planned, headline=_llama70b_headline)
-def llama70b_part(ctx:Context, run:Run, shape:str, seq_len:int, batch_size:int, steps_per_layer:int, quant:str, dtype:str, cache_dtype:str,
-                  lr:float, warmup_steps:int, eval_batches:int, gen_tokens:int, data:str, seed:int) -> dict:
-    "Per-layer memory, speed and loss of a layer-wise run at the 70B shape, then the quantized model saved, reloaded and generating."
-    import torch.nn.functional as F
-    from stackwise.train import plan as sp
-    from stackwise.train.dtypes import autocast_ctx, dtype_policy
-    from stackwise.models.generation import generate
-    from stackwise.models.counting import count_parameters
-    cfg, cuda = _llama_cfg(shape, seq_len), ctx.device.type == 'cuda'
-    loader, val = sp.token_batches(data, seq_len, batch_size, root=ctx.data_root, seed=seed)
-    gpu_key = sp.gpu_key(ctx.device)
-    n_fresh = min(steps_per_layer, len(loader) // cfg.n_layers)
-    planned = sp.plan(cfg, 'layerwise', gpu_key, tokens=steps_per_layer * batch_size * seq_len, batch=batch_size, seq=seq_len, dtype=dtype,
-                      frozen_dtype=quant, cache_dtype=cache_dtype, cache_batches=max(n_fresh, 1), keep_masters=False, runtime=0, host_ram='1T', disk='1T')
-    planned_peak = planned['peak']['gpu' if gpu_key else 'host']
-    saved_bytes = float(planned['table'].set_index('component').bytes.get('saved model', 0.0))
-    reserve = 2 * saved_bytes / 1e9 + 30  # seconds the save, the reload and the generation need at the end
-    compute = 'bf16' if 'bf16' in dtype else 'fp32'
-    print(f'{count_parameters(cfg):,} parameters, {cfg.n_layers} layers, d {cfg.d_model}, {len(loader)} training batches ({n_fresh} fresh per layer); '
-          f'planned peak {sp.fmt_bytes(planned_peak)}, model {sp.fmt_bytes(saved_bytes)}', flush=True)
-    rows, scratch = [], Path(ctx.scratch)
-    scratch.mkdir(parents=True, exist_ok=True)
-    def on_layer(row):
-        row = dict(row, host_rss_mb=hardware.rss_mb(), disk_free_gb=shutil.disk_usage(scratch).free / 1e9,
-                   allocated_mb=torch.cuda.memory_allocated(ctx.device) / 2**20 if cuda else None,
-                   **ctx.mfu(row['train_flops'] / row['train_s'], compute))
-        rows.append(row); run.log_step(**row); run.flush()
-        mfu = f"MFU {row['mfu']:.1%}" if row['mfu'] is not None else f"MFU {row['mfu_measured']:.1%} of measured" if row['mfu_measured'] else ''
-        print(f"layer {row['layer']:>3}: loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}, held-out {row['val_loss']:.3f}, {row['layer_s']:.1f} s, "
-              f"{row['tokens_per_s']:,.0f} tokens/s, {mfu}, peak {row['peak_mem_mb'] / 1024:.1f} GiB, reserved {row['reserved_mb'] / 1024:.1f} GiB, "
-              f"host {row['host_rss_mb'] / 1024:.1f} GiB", flush=True)
-        if ctx.left() < reserve and row['layer'] < cfg.n_layers - 1:
-            raise StackwiseError(f"stopped after layer {row['layer']} of {cfg.n_layers}: {ctx.left():.0f} s left, the save and reload need about {reserve:.0f}")
-    t0 = time.time()
-    r = sp.layerwise_run(cfg, loader, val, steps_per_layer, quant, dtype, ctx.device, cache_dtype, lr, warmup_steps, seed,
-                         peak_tflops=ctx.datasheet(compute) or ctx.peaks.get(compute), eval_batches=eval_batches, on_layer=on_layer, fresh=True)
-    train_wall_s = time.time() - t0
-    layers, policy = pd.DataFrame(rows), dtype_policy(dtype)
-    held = [next(iter(val)).to(ctx.device) for _ in range(1)] if eval_batches == 1 else [b.to(ctx.device) for b, _ in zip(iter(val), range(eval_batches))]
-    @torch.no_grad()
-    def heldout(model) -> float:
-        with autocast_ctx(policy, ctx.device):
-            return float(np.mean([F.cross_entropy(model(b[:, :-1]).float().flatten(0, 1), b[:, 1:].flatten()).item() for b in held]))
-    rack = r['rack'].eval()
-    rack.causal = True
-    prompt = torch.tensor([list(b'ROMEO:\n')], device=ctx.device)
-    loss_trained = heldout(rack)
-    with torch.no_grad(), autocast_ctx(policy, ctx.device): ref = rack(prompt).float().cpu()
-    folder = scratch/f'llama70b-{run.run_id}'
-    t = time.time(); path = sp.save_frozen_rack(rack, folder, quant, policy.compute_dtype); save_s = time.time() - t
-    model_bytes = path.stat().st_size
-    del r, rack; gc.collect()
-    if cuda: torch.cuda.empty_cache()
-    t = time.time(); back = sp.load_frozen_rack(folder, ctx.device); load_s = time.time() - t
-    loss_reloaded = heldout(back)
-    with torch.no_grad(), autocast_ctx(policy, ctx.device): reload_diff = float((back(prompt).float().cpu() - ref).abs().max())
-    with autocast_ctx(policy, ctx.device): out = generate(back, prompt, gen_tokens, top_k=1)[0].tolist()
-    text = bytes(t for t in out if t < 256).decode('utf-8', 'replace')
-    shutil.rmtree(folder, ignore_errors=True)
-    print(f'saved {sp.fmt_bytes(model_bytes)} in {save_s:.0f} s, reloaded in {load_s:.0f} s: held-out loss {loss_trained:.4f} -> {loss_reloaded:.4f}, '
-          f'max |logit difference| {reload_diff:.2e}\n{text!r}', flush=True)
-    run.save_chart(plot_layers(layers, planned_peak / 2**20, 'GPU' if cuda else 'host'), 'layers')
-    val_path = [layers.val_loss.iloc[0], *layers.val_loss]
-    return dict(params=count_parameters(cfg), n_layers=cfg.n_layers, d_model=cfg.d_model, layers_trained=len(layers), fresh_batches_per_layer=n_fresh,
-                tokens_per_layer=int(layers.tokens.iloc[0]), train_wall_s=train_wall_s, layer_s_mean=float(layers.layer_s.mean()),
-                tokens_per_s_mean=float(layers.tokens_per_s.mean()),
-                mfu_mean=float(layers.mfu.mean()) if layers.mfu.notna().all() else None,
-                mfu_measured_mean=float(layers.mfu_measured.mean()) if layers.mfu_measured.notna().all() else None,
-                peak_allocated_gb=float(layers.peak_mem_mb.max()) * 2**20 / 1e9, peak_reserved_gb=float(layers.reserved_mb.max()) * 2**20 / 1e9,
-                host_rss_gb=float(layers.host_rss_mb.max()) * 2**20 / 1e9, planned_peak_gb=planned_peak / 1e9,
-                planned=dict(peak=planned['peak'], fits=planned['fits'], components={r.component: r.bytes for r in planned['table'].itertuples()}),
-                loss_first_mean=float(layers.loss_first.mean()), loss_last_mean=float(layers.loss_last.mean()),
-                val_loss_first_layer=float(layers.val_loss.iloc[0]), val_loss_final=float(layers.val_loss.iloc[-1]),
-                val_loss_best=float(layers.val_loss.min()), val_loss_best_layer=int(layers.val_loss.idxmin()),
-                layers_lowering_val=int((np.diff(val_path) < 0).sum()),
-                model_gb=model_bytes / 1e9, save_s=save_s, load_s=load_s, heldout_trained=loss_trained, heldout_reloaded=loss_reloaded,
-                reload_max_abs_diff=reload_diff, generated=text)
-
-# %% ../../nbs/55_bench.gpu.ipynb #32a1cf10
-def plot_layers(layers:pd.DataFrame, # one row per layer (the llama70b part's metrics.csv)
-                planned_mb:float, where:str='GPU'):
-    "Per layer: peak memory against the plan, tokens/s and MFU, training and held-out loss."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
-    ax[0].plot(layers.layer, layers.peak_mem_mb / 1024, 'o-', ms=3, label=f'{where} peak, allocated')
-    if where == 'GPU': ax[0].plot(layers.layer, layers.reserved_mb / 1024, 's-', ms=3, label='reserved')
-    ax[0].axhline(planned_mb / 1024, color='k', ls='--', label='planned, last layer')
-    ax[0].set(xlabel='layer', ylabel='GiB', title='peak memory per layer')
-    ax[1].plot(layers.layer, layers.tokens_per_s, 'o-', ms=3, color='C2'); ax[1].set(xlabel='layer', ylabel='training tokens/s', title='speed per layer')
-    mfu = layers.mfu if layers.mfu.notna().all() else layers.mfu_measured
-    if mfu.notna().all():
-        a = ax[1].twinx(); a.plot(layers.layer, 100 * mfu, 'x--', ms=3, color='C3'); a.set_ylabel('MFU %', color='C3')
-    ax[2].plot(layers.layer, layers.loss_last, 'o-', ms=3, label='training, last step'); ax[2].plot(layers.layer, layers.val_loss, 's-', ms=3, label='held-out, after the layer')
-    ax[2].set(xlabel='layer', ylabel='loss (nats per byte)', title='loss per layer')
-    for a in (ax[0], ax[2]): a.legend(fontsize=8)
-    for a in ax: a.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-# %% ../../nbs/55_bench.gpu.ipynb #1dfc4bae
-def _gpt2_shape(size:str, overrides:list):
-    from stackwise.config import load_config
-    return load_config(f'decoder/gpt2_family/{size}', overrides)
-
-def _trainer_planned(s:dict, rate:float) -> float:
-    from stackwise.models.counting import count_parameters
-    total = 0.0
-    for size in s['sizes']:
-        n = count_parameters(_gpt2_shape(size, s.get('overrides', [])))
-        step = 6 * n * s['batch_size'] * s['seq_len'] / (rate / 0.35 * 0.45 if rate > 1e13 else rate)  # bf16 training steps reach ~45% where the datasheet allows
-        total += 2 * ((90 if s['compile'] else 3) + (s['steps'] + s['warmup']) * step + (5 if rate > 1e12 else 0))
-    return total
-
-TRAINER_GPU = dict(overrides=[], seq_len=1024, batch_size=16, steps=20, warmup=5, dtype='amp_bf16', compile=True, vocab_size=50257)
-TRAINER_DRY = dict(sizes=['nano'], overrides=['n_layers=1', 'd_model=64', 'n_heads=2'], seq_len=32, batch_size=4, steps=4, warmup=2, dtype='fp32',
-                   compile=False, vocab_size=260)
-_trainer_headline = lambda m: ', '.join(f"{s}: {r:.3f}x HF" for s, r in m['ratio'].items()) + ' (tokens/s, stackwise / HF Trainer)' + (
-    ', MFU ' + ', '.join(f'{k} {v:.1%}' for k, v in m['mfu'].items() if v is not None) if any(v is not None for v in m['mfu'].values()) else '')
-
-@part('trainer', 'GPT-2 small: the stackwise Trainer against the HF Trainer on the same model, bf16 autocast, compiled',
-      gpu=dict(TRAINER_GPU, sizes=['small']), dry=TRAINER_DRY, planned=_trainer_planned, headline=_trainer_headline)
-def trainer_part(ctx:Context, run:Run, sizes:list, overrides:list, seq_len:int, batch_size:int, steps:int, warmup:int, dtype:str,
-                 compile:bool, vocab_size:int) -> dict:
-    "Tokens/s and MFU of both trainers on GPT-2 of each size."
-    import transformers
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from stackwise.bench import timing as bench
-    from stackwise.train import plan as sp
-    from stackwise.models.counting import model_flops_per_token
-    transformers.logging.set_verbosity_error()
-    n_steps = warmup + steps
-    blocks = sp.token_batches('tinyshakespeare', seq_len, batch_size, root=ctx.data_root)[0].blocks
-    if len(blocks) < n_steps * batch_size: raise StackwiseError(f'{len(blocks)} blocks of {seq_len} tokens cannot fill {n_steps} steps of {batch_size}')
-    compute = 'bf16' if 'bf16' in dtype else 'fp32'
-    rows = []
-    for i, size in enumerate(sizes):
-        c = _gpt2_shape(size, overrides)
-        def model():
-            torch.manual_seed(0)
-            m = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=c.d_model, n_layer=c.n_layers, n_head=c.n_heads,
-                                           bos_token_id=None, eos_token_id=None, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-            return m.to(torch.bfloat16) if dtype == 'bf16_pure' else m
-        m0 = model()
-        n_params, fpt = sum(p.numel() for p in m0.parameters()), model_flops_per_token(m0, seq_len)
-        del m0
-        impls = [('stackwise', lambda: bench.stackwise_step_ends(model(), blocks, batch_size, n_steps, dtype, warmup, compile=compile)),
-                 ('HF Trainer', lambda: bench.hf_step_ends(model(), blocks, batch_size, n_steps, dtype, warmup, compile=compile))]
-        for impl, fn in (impls if i % 2 == 0 else impls[::-1]):  # who goes first alternates
-            t = time.time()
-            ends = fn()
-            tps = bench.step_tokens_per_s(ends, batch_size * seq_len, warmup)
-            rows.append(dict(size=size, impl=impl, params=n_params, tokens_per_s=tps, flops_per_token=fpt, wall_s=time.time() - t,
-                             peak_mem_gb=torch.cuda.max_memory_allocated(ctx.device) / 1e9 if ctx.device.type == 'cuda' else None,
-                             **ctx.mfu(tps * fpt, compute)))
-            run.log_step(**rows[-1])
-            print(f"GPT-2 {size} ({n_params / 1e6:.0f}M), {impl}: {tps:,.0f} tokens/s" + (f", MFU {rows[-1]['mfu']:.1%}" if rows[-1]['mfu'] else '')
-                  + f" ({rows[-1]['wall_s']:.0f} s with compilation)", flush=True)
-            gc.collect()
-            if ctx.device.type == 'cuda': torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(ctx.device)
-    run.flush()
-    df = pd.DataFrame(rows)
-    run.save_chart(bench.plot_throughput(df.assign(rep=0), ['size'], title=f'{hardware.device_info(ctx.device)["name"]}: GPT-2, T={seq_len}, B={batch_size}, {dtype}'), 'throughput')
-    med = df.pivot_table(index='size', columns='impl', values='tokens_per_s', sort=False)
-    pick = lambda col: {f'{r.size}.{r.impl}': getattr(r, col) for r in df.itertuples()}
-    return dict(ratio=(med['stackwise'] / med['HF Trainer']).to_dict(), tokens_per_s=pick('tokens_per_s'), mfu=pick('mfu'),
-                mfu_measured=pick('mfu_measured'), params={r.size: r.params for r in df.itertuples()}, compile=compile, dtype=dtype)
-
-# %% ../../nbs/55_bench.gpu.ipynb #64d96bb1
-DTYPE_CONFIG_ORDER = 'fp32_true,amp_fp16,amp_bf16,fp16_naive,bf16_pure,amp_bf16_8bit'
-
-def _dtype_planned(s:dict, rate:float) -> float:
-    configs, n_scenarios = s['dtype_configs'].split(','), len(s['scenarios'].split(','))
-    if s['size'] != 'small': return 5 + n_scenarios * len(configs) * (0.3 + 0.05 * s['max_steps'])  # the rehearsal's tiny cells
-    step = 6 * 125e6 * s['batch_size'] * (s['seq_len'] or 512) / rate
-    slower = {'fp32_true': 989 / 67}  # fp32 without TF32 runs at the datasheet's fp32 rate, not its bf16
-    return 10 + n_scenarios * sum(6 + s['max_steps'] * step * slower.get(c, 1.5) for c in configs)  # per cell: model, data, evaluation
-
-@part('dtype_matrix', "seed 004's datatype matrix at its sizes (GPT-2 small, RoBERTa-base): 6 scenarios x 6 dtype configurations",
-      gpu=dict(size='small', max_steps=150, batch_size=8, seq_len=0, tokenizer='bpe', vocab_size=8192, eval_batches=8, scenarios='A,B,C,D,E,F',
-               dtype_configs=DTYPE_CONFIG_ORDER),
-      dry=dict(size='test', max_steps=2, batch_size=2, seq_len=16, tokenizer='bytes', vocab_size=260, eval_batches=1, scenarios='A,B,C,D,E,F',
-               dtype_configs=DTYPE_CONFIG_ORDER),
-      planned=_dtype_planned,
-      headline=lambda m: f"{m['cells']} cells: " + ', '.join(f'{n} {s}' for s, n in m['status'].items() if n) + '; ' + ', '.join(f'{h} {v}' for h, v in m['verdicts'].items()))
-def dtype_matrix_part(ctx:Context, run:Run, size:str, max_steps:int, batch_size:int, seq_len:int, tokenizer:str, vocab_size:int,
-                      eval_batches:int, scenarios:str, dtype_configs:str) -> dict:
-    "Every cell of the matrix, its table, heat maps and the hypotheses' verdicts."
-    import logging, warnings
-    from stackwise.bench import dtype_matrix as db, dtype_verdicts as dv
-    logging.getLogger('bitsandbytes').setLevel(logging.ERROR); warnings.filterwarnings('ignore', category=UserWarning)
-    data = db.prepare_data('auto', ctx.data_root, tokenizer=tokenizer, vocab_size=vocab_size)
-    print('data:', data.sources, flush=True)
-    specs = db.matrix_specs(scenarios, dtype_configs, 1, size=size, model_source='hf', max_steps=max_steps, batch_size=batch_size, grad_accum=1,
-                            seq_len=seq_len, lr=0.0, warmup_steps=min(5, max_steps), eval_batches=eval_batches, device=str(ctx.device))
-    deadline_cells = []
-    def log(line):
-        print(line, flush=True)
-        if ctx.left() < 0: deadline_cells.append(line)
-    db.run_matrix(specs, data, run.path, progress=False, log=log)
-    table, steps = db.load_matrix(run.path)
-    counts = table.status.value_counts().reindex(db.STATUSES, fill_value=0)
-    verdict = dv.verdicts(table, steps, tolerance=0.05)
-    where = f"{hardware.device_info(ctx.device)['name']} · {size} · {max_steps} steps · batch {batch_size}"
-    run.save_chart(dv.plot_heatmaps(table, where), 'heatmaps')
-    run.save_chart(dv.plot_loss_curves(steps, table, where), 'loss_curves')
-    return dict(cells=len(table), status={s: int(n) for s, n in counts.items()}, data=data.sources, steps_per_cell=max_steps,
-                why_fewer_steps=None if max_steps >= 1000 else f'{max_steps} steps a cell, not the seed\'s 1,000: 36 cells of 1,000 steps do not fit one 10-minute command (parts dtype_1000_* take them there, 12 cells each)',
-                verdicts={r.hypothesis: r.verdict for r in verdict.itertuples()}, evidence={r.hypothesis: r.evidence for r in verdict.itertuples()})
-
-# %% ../../nbs/55_bench.gpu.ipynb #1a78a8dd
-def _pc(name, mode, d, L, B, T, frozen='bf16', heads=(8, 2)) -> dict:
-    return dict(name=name, mode=mode, d=d, L=L, B=B, T=T, frozen=frozen, n_heads=heads[0], n_kv_heads=heads[1])
-
-PLAN_CHECK_GPU = [_pc('e2e-1024x8-B8-T1024', 'e2e', 1024, 8, 8, 1024), _pc('e2e-2048x8-B4-T2048', 'e2e', 2048, 8, 4, 2048, heads=(16, 4)),
-                  _pc('e2e-4096x4-B2-T2048', 'e2e', 4096, 4, 2, 2048, heads=(32, 8)), _pc('lw-2048x8-B4-T2048', 'layerwise', 2048, 8, 4, 2048, heads=(16, 4)),
-                  _pc('lw-4096x8-B2-T2048-nf4', 'layerwise', 4096, 8, 2, 2048, 'nf4', (32, 8)),
-                  _pc('lw-4096x8-B1-T4096-int8', 'layerwise', 4096, 8, 1, 4096, 'int8', (32, 8))]
-PLAN_CHECK_DRY = [_pc('e2e-64x2-B2-T32', 'e2e', 64, 2, 2, 32, heads=(4, 2)), _pc('lw-64x2-B2-T32-nf4', 'layerwise', 64, 2, 2, 32, 'nf4', (4, 2))]
-
-def _plan_check_planned(s:dict, rate:float) -> float:
-    return sum(4 + 0.8 * c['L'] + 6 * 12 * c['d']**2 * c['L'] * c['B'] * c['T'] * s['steps'] / rate for c in s['configs'])
-
-@part('plan_check', 'the planner against measurement on the GPU: e2e and layerwise at several sizes, peak memory planned vs measured',
-      gpu=dict(configs=PLAN_CHECK_GPU, steps=2, dtype='amp_bf16'), dry=dict(configs=PLAN_CHECK_DRY, steps=1, dtype='fp32'),
-      planned=_plan_check_planned,
-      headline=lambda m: f"{m['n_within_15']} of {m['n_configs']} within 15% (max |error| {m['max_abs_error']:.1%})")
-def plan_check_part(ctx:Context, run:Run, configs:list, steps:int, dtype:str) -> dict:
-    "Peak memory of each configuration, measured and planned."
-    from stackwise.train import plan as sp
-    from stackwise.config import load_config
-    from stackwise.bench.depth_study import run_spec
-    cuda, rows = ctx.device.type == 'cuda', []
-    for c in configs:
-        d_ff = 64 * round(8 / 3 * c['d'] / 64)
-        model = [f"d_model={c['d']}", f"n_layers={c['L']}", f'd_ff={d_ff}', f"n_heads={c['n_heads']}", f"n_kv_heads={c['n_kv_heads']}"]
-        spec = dict(data='synthetic', block_size=c['T'], batch_size=c['B'], validate=False, device=str(ctx.device), preset='decoder/llama_family/tiny',
-                    model=model, train=dict(warmup_steps=1, dtype=dtype, max_steps=steps),
-                    depth=dict(mode=c['mode'], curriculum='left2right', objective='clm', steps_per_stage=steps, cache='device' if cuda else 'cpu',
-                               cache_dtype='bf16', frozen_dtype=c['frozen'], masters=c['mode'] == 'e2e'))
-        gc.collect()
-        if cuda: torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(ctx.device)
-        base = torch.cuda.memory_allocated(ctx.device) / 2**20 if cuda else hardware.rss_mb()
-        t = time.time()
-        r = run_spec(spec)
-        measured = max(s['stage_mem_mb'] for s in r['stages_summary']) - base
-        cfg = load_config('decoder/llama_family/tiny', [*model, 'vocab_size=260', f"max_seq_len={c['T']}"])
-        p = sp.plan(cfg, c['mode'], sp.gpu_key(ctx.device), batch=c['B'], seq=c['T'], dtype=dtype, frozen_dtype=c['frozen'], cache_dtype='bf16',
-                    cache_batches=steps, runtime=0, keep_masters=False)
-        planned = p['peak']['gpu' if sp.gpu_key(ctx.device) else 'host'] / 2**20
-        rows.append(dict(c, params=r['params'], measured_mb=measured, planned_mb=planned, error=planned / measured - 1,
-                         tokens_per_s=r['tokens_per_s'], wall_s=time.time() - t))
-        run.log_step(**rows[-1])
-        print(f"{c['name']:>26}: measured {measured:9.1f} MiB, planned {planned:9.1f} MiB, {rows[-1]['error']:+.1%} ({rows[-1]['wall_s']:.0f} s)", flush=True)
-        del r
-    run.flush()
-    df = pd.DataFrame(rows)
-    within = df.error.abs() <= 0.15
-    return dict(n_configs=len(df), n_within_15=int(within.sum()), max_abs_error=float(df.error.abs().max()), mean_abs_error=float(df.error.abs().mean()),
-                misses=df[~within].name.tolist(), measured='torch.cuda.max_memory_allocated per stage' if cuda else "host RSS above the base (a CPU rehearsal: the runtime's own growth dominates, not a check of the plan)")
-
-# %% ../../nbs/55_bench.gpu.ipynb #93f54a10
-_ = part('trainer_medium', 'GPT-2 medium: the stackwise Trainer against the HF Trainer on the same model, bf16 autocast, compiled',
-         gpu=dict(TRAINER_GPU, sizes=['medium']), dry=dict(TRAINER_DRY, overrides=['n_layers=1', 'd_model=96', 'n_heads=2']),
-         planned=_trainer_planned, headline=_trainer_headline)(trainer_part)
-
-# %% ../../nbs/55_bench.gpu.ipynb #4941cb18
-def _study_planned(s:dict, rate:float, params:float) -> float:
-    runs = len(s['models']) * len(s['seeds'])
-    return runs * ((15 if rate > 1e12 else 2) + 6 * params * s['steps'] * s['batch_size'] * s['block_size'] * 2 / rate)  # x2: non-matmul work at these small widths
-
-def _study(ctx:Context, run:Run, specs:dict, ref:str, cols:list) -> dict:
-    "Train every model's seeds in this process; per-run rows in metrics.csv, the seed table and the paired tests."
-    from stackwise.bench.studies import compare_models, plot_seed_bars, train_study_runs
-    rows = []
-    for name, model_specs in specs.items():
-        for r in train_study_runs(dict(runs=model_specs))['results']:
-            rows.append(dict(model=name, **{k: v for k, v in r.items() if k not in ('kind', 'senses', 'data_source')}))
-            run.log_step(**rows[-1])
-            print(f"{name:>9} seed {r['seed']}: best val loss {r['best_val_loss']:.4f} @ step {r['best_step']} of {r['steps']}, "
-                  f"{r['tokens_per_s']:,.0f} tokens/s, {r['train_s']:.0f} s", flush=True)
-            if ctx.left() < 0: raise StackwiseError(f'past the deadline after {name} seed {r["seed"]}')
-    run.flush()
-    df = pd.DataFrame(rows)
-    run.save_chart(plot_seed_bars(df, [(c, c) for c in cols], f'{hardware.device_info(ctx.device)["name"]}: {len(df)} runs'), 'comparison')
-    tests = compare_models(df, ref, [m for m in specs if m != ref], cols) if df.seed.nunique() > 1 else []
-    return dict(models={m: {**{f'{c}_mean': float(g[c].mean()) for c in cols}, **{f'{c}_std': float(g[c].std()) for c in cols}, 'n': len(g),
-                            'params': int(g.params.iloc[0])} for m, g in df.groupby('model', sort=False)},
-                tests=tests, data=df.data.iloc[0], data_real='synthetic' not in str(rows[0].get('data', '')))
-
-# %% ../../nbs/55_bench.gpu.ipynb #435843ff
-def _bdh_configs(full:bool, block_size:int, dropout:float) -> dict:
-    from stackwise.models.bdh import BDHConfig, bdh_seed001
-    from stackwise.bench.studies import match_parameters
-    from stackwise.models.bdh import bdh_parameters
-    V = 260  # bytes and 4 specials
-    b = bdh_seed001(vocab_size=V, dropout=dropout) if full else BDHConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=2, n_neurons=256, dropout=dropout)
-    out = {'bdh': {k: v for k, v in vars(b).items() if k != 'vocab_size'}}
-    for fam in ('gpt2', 'llama'):
-        c, _ = match_parameters(fam, bdh_parameters(b), b.n_layers, b.n_heads, V, block_size, dropout)
-        out[fam] = {k: v for k, v in vars(c).items() if k != 'vocab_size'}
-    return out
-
-@part('bdh', "seed 001's BDH (6 layers, d 256, 25.3M) against GPT-2 and LLaMA of its size on Tiny Shakespeare bytes, early stopping, 3 seeds",
-      gpu=dict(full=True, models=['bdh', 'gpt2', 'llama'], seeds=[0, 1, 2], block_size=512, batch_size=32, steps=1500, lr=1e-3, warmup_steps=50,
-               eval_every=100, eval_batches=8, patience=3, dropout=0.1, dtype='amp_bf16', threads=4),
-      dry=dict(full=False, models=['bdh', 'gpt2', 'llama'], seeds=[0], block_size=32, batch_size=4, steps=4, lr=1e-3, warmup_steps=1,
-               eval_every=2, eval_batches=1, patience=2, dropout=0.1, dtype='fp32', threads=1),
-      planned=lambda s, rate: _study_planned(s, rate, 25.3e6 if s['full'] else 1e5),
-      headline=lambda m: ', '.join(f"{k} {v['val_bpb_mean']:.3f}" for k, v in m['models'].items()) + ' bits/byte (best held-out, mean over seeds)')
-def bdh_part(ctx:Context, run:Run, full:bool, models:list, seeds:list, block_size:int, batch_size:int, steps:int, lr:float, warmup_steps:int,
-             eval_every:int, eval_batches:int, patience:int, dropout:float, dtype:str, threads:int) -> dict:
-    "BDH and its matched baselines, every seed."
-    cfgs = _bdh_configs(full, block_size, dropout)
-    train = dict(max_steps=steps, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_batches=eval_batches, patience=patience, dtype=dtype)
-    specs = {m: [dict(kind=m, config=cfgs[m], data='tinyshakespeare', data_root=ctx.data_root, block_size=block_size, batch_size=batch_size,
-                      seed=s, threads=threads, train=train, run_dir=str(run.path/'runs'/f'{m}-seed{s}')) for s in seeds] for m in models}
-    return dict(_study(ctx, run, specs, 'bdh', ['val_bpb', 'best_val_loss', 'tokens_per_s']), shapes=cfgs)
-
-# %% ../../nbs/55_bench.gpu.ipynb #73d7897b
-@part('backpack', "seed 002's Backpack (6 layers, d 384, 16 senses) against the standard transformer on Europarl, early stopping, 3 seeds",
-      gpu=dict(full=True, seeds=[0, 1, 2], vocab=8192, block_size=256, batch_size=32, steps=1500, lr=6e-4, warmup_steps=50, eval_every=100,
-               eval_batches=8, patience=3, dropout=0.1, dtype='amp_bf16', threads=4),
-      dry=dict(full=False, seeds=[0], vocab=300, block_size=32, batch_size=4, steps=4, lr=1e-3, warmup_steps=1, eval_every=2, eval_batches=1,
-               patience=2, dropout=0.1, dtype='fp32', threads=1),
-      planned=lambda s, rate: _study_planned(dict(s, models=['backpack', 'standard']), rate, 30e6 if s['full'] else 1e5),
-      headline=lambda m: ', '.join(f"{k} {v['best_val_loss_mean']:.3f}" for k, v in m['models'].items()) + ' nats/token (best held-out, mean over seeds)')
-def backpack_part(ctx:Context, run:Run, full:bool, seeds:list, vocab:int, block_size:int, batch_size:int, steps:int, lr:float, warmup_steps:int,
-                  eval_every:int, eval_batches:int, patience:int, dropout:float, dtype:str, threads:int) -> dict:
-    "Backpack and the standard transformer, every seed."
-    from stackwise.models.backpack import backpack_europarl
-    shape = {} if full else dict(d_model=32, n_layers=2, n_heads=2, n_senses=4)
-    cfg = {k: v for k, v in vars(backpack_europarl(max_seq_len=block_size, dropout=dropout, **shape)).items() if k != 'vocab_size'}
-    train = dict(max_steps=steps, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_batches=eval_batches, patience=patience, dtype=dtype)
-    specs = {m: [dict(kind=m, config=cfg, data='europarl_fr_en', data_root=ctx.data_root, tokenizer=f'bpe:{vocab}', block_size=block_size,
-                      batch_size=batch_size, seed=s, threads=threads, train=train, run_dir=str(run.path/'runs'/f'{m}-seed{s}')) for s in seeds]
-             for m in ('backpack', 'standard')}
-    return dict(_study(ctx, run, specs, 'backpack', ['best_val_loss', 'val_bpb', 'tokens_per_s']), shape=cfg)
-
-# %% ../../nbs/55_bench.gpu.ipynb #dfa3488b
-for _ids in ('A,B', 'C,D', 'E,F'):
-    part(f"dtype_1000_{_ids.replace(',', '')}", f"seed 004's datatype matrix, scenarios {_ids} at the seed's 1,000 steps (12 cells)",
-         gpu=dict(PARTS['dtype_matrix'].gpu, max_steps=1000, scenarios=_ids),
-         dry=dict(PARTS['dtype_matrix'].dry, scenarios=_ids[0], dtype_configs='amp_bf16'),  # one cell: part 4's rehearsal covers every cell
-         planned=_dtype_planned, headline=PARTS['dtype_matrix'].headline)(dtype_matrix_part)
 
 # %% ../../nbs/55_bench.gpu.ipynb #7c9c2ce6
 def done_run(p:Part, device_name:str|None, dry:bool, results=None) -> Path|None:
@@ -547,7 +143,7 @@ def unpack(folder:str|Path, # where the device's files came back (its files_at),
 # %% ../../nbs/55_bench.gpu.ipynb #c41aca3d
 def run_part(spec:dict) -> int:
     "In a fresh process: run one part into the run folder the driver made, finishing it or recording why it failed; the exit status."
-    p, run = PARTS[spec['part']], Run(spec['run_dir'])
+    p, run = parts()[spec['part']], Run(spec['run_dir'])
     dev = torch.device('cpu') if spec['dry'] else hardware.resolve_device('cuda')
     ctx = Context(dev, spec['dry'], spec['deadline'], spec.get('data_root'), Path(spec['scratch']), spec.get('peaks') or {})
     torch.manual_seed(0)
@@ -591,19 +187,19 @@ def run_parts(budget:float=540, # seconds for all parts (the command's limit, le
     if not dry and not torch.cuda.is_available():
         raise StackwiseError(f'stackwise gpu measures a CUDA GPU and this torch ({torch.__version__}) sees none: rehearse with --dry-run, '
                              'or run it on the GPU machine (the command: stackwise gpu --help)')
-    names = [n.strip() for n in (only.split(',') if isinstance(only, str) else only or []) if n.strip()] or list(PARTS)
-    bad = [n for n in names if n not in PARTS]
-    if bad: raise StackwiseError(f'no part {", ".join(map(repr, bad))}: the parts are {", ".join(PARTS)}')
+    names = [n.strip() for n in (only.split(',') if isinstance(only, str) else only or []) if n.strip()] or list(parts())
+    bad = [n for n in names if n not in parts()]
+    if bad: raise StackwiseError(f'no part {", ".join(map(repr, bad))}: the parts are {", ".join(parts())}')
     dev = torch.device('cpu') if dry else hardware.resolve_device('cuda')
     name = hardware.device_info(dev)['name']
     rate = effective_rate(dry, name)
     print('packages: ' + ', '.join(f'{k} {v}' for k, v in preflight().items()), flush=True)
     scratch = Path(scratch or Path(tempfile.gettempdir())/'stackwise-gpu')
-    peaks = _measured_peaks(done_run(PARTS['hardware'], name, dry, results))
+    peaks = _measured_peaks(done_run(parts()['hardware'], name, dry, results))
     print(f'stackwise gpu{" --dry-run" if dry else ""} on {name}: {len(names)} parts, budget {budget:.0f} s', flush=True)
     rows = []
     for n in names:
-        p = PARTS[n]
+        p = parts()[n]
         settings, left = p.settings(dry), budget - (time.time() - t_start)
         planned = float(p.planned(settings, rate))
         row = dict(part=n, status='', planned_s=planned, wall_s=None, run='', archive='', figures='')
@@ -659,13 +255,13 @@ def list_parts(dry:bool=False, results=None) -> pd.DataFrame:
     name = hardware.device_info('cpu')['name'] if dry else torch.cuda.get_device_name() if torch.cuda.is_available() else TARGET_GPU
     rate = effective_rate(dry, name)
     return pd.DataFrame([dict(part=p.name, planned_s=round(p.planned(p.settings(dry), rate)), done=str(done_run(p, name, dry, results) or ''),
-                              device=name, title=p.title) for p in PARTS.values()])
+                              device=name, title=p.title) for p in parts().values()])
 
 # %% ../../nbs/55_bench.gpu.ipynb #c7789503
 def evidence(results=None, dry:bool=False) -> pd.DataFrame:
     "A row per part: its latest complete run (GPU runs, or rehearsals with `dry`), where, how long, its headline and its charts; empty fields for a part still to run."
     rows = []
-    for p in PARTS.values():
+    for p in parts().values():
         run = done_run(p, None, dry, results)
         m = read_json(run/'metrics.json') if run else {}
         try: head = p.headline(m) if m else ''
@@ -673,73 +269,6 @@ def evidence(results=None, dry:bool=False) -> pd.DataFrame:
         rows.append(dict(part=p.name, title=p.title, run=str(run or ''), device=m.get('device', ''), planned_s=m.get('planned_s'),
                          wall_s=m.get('wall_s'), headline=head, charts=[str(c) for c in sorted((run/'charts').glob('*.png'))] if run else []))
     return pd.DataFrame(rows)
-
-# %% ../../nbs/55_bench.gpu.ipynb #f6fdb19c
-PACK_WHEELS = ('omegaconf', 'datasets', 'dill', 'multiprocess', 'bitsandbytes')  # what the GPU path imports that the image does not hold
-PACK_DATA = ('tinyshakespeare', 'europarl_fr_en', 'reuters21578/reuters_modapte_90.jsonl', 'wikitext2_raw/wiki.test.raw')  # what the parts read
-BNB_KEEP = ('libbitsandbytes_cuda130.so', 'libbitsandbytes_cpu.so')  # the image's CUDA 13.0, and the CPU
-PACK_LIMIT = 60 * 2**20
-_PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_27_x86_64', 'manylinux_2_24_x86_64', 'manylinux_2_17_x86_64', 'manylinux2014_x86_64', 'manylinux1_x86_64')
-
-def checkout_bytes(root:str|Path|None=None) -> int:
-    "Bytes of what travels of the checkout: tracked files and untracked ones git does not ignore."
-    root = Path(root or project_root() or '.')
-    r = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=root, capture_output=True, text=True)
-    if r.returncode: raise StackwiseError(f'cannot list the checkout at {root} (git ls-files: {r.stderr.strip()[:200]}): run it in the repository')
-    return sum((root/f).stat().st_size for f in r.stdout.split('\0') if f and (root/f).is_file())
-
-def slim_bitsandbytes(wheel:str|Path, keep=BNB_KEEP) -> Path:
-    "Rewrite a bitsandbytes wheel in place with only the native libraries in `keep` (its RECORD updated)."
-    wheel = Path(wheel)
-    tmp = wheel.with_suffix('.tmp')
-    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as dst:
-        drop = {n for n in src.namelist() if Path(n).name.startswith('libbitsandbytes') and Path(n).name not in keep}
-        if not any(Path(n).name in keep for n in src.namelist()): raise StackwiseError(f'{wheel.name} holds none of {", ".join(keep)}: pick another bitsandbytes version')
-        for n in src.namelist():
-            if n in drop: continue
-            data = src.read(n)
-            if n.endswith('.dist-info/RECORD'): data = ''.join(l + '\n' for l in data.decode().splitlines() if l.split(',')[0] not in drop).encode()
-            dst.writestr(src.getinfo(n), data)
-    os.replace(tmp, wheel)
-    return wheel
-
-def build_pack(out:str|Path|None=None, # the pack folder (None: .gpu/ of the checkout)
-               data_root:str|Path|None=None, # local dataset copies (None: $STACKWISE_DATA, else ../shared/data)
-               python_version:str='3.12', limit:int=PACK_LIMIT) -> dict:
-    "Download the wheels, copy the data, print the sizes; refuse (and remove the pack) when it and the checkout would pass `limit` bytes."
-    import importlib.metadata
-    from stackwise.data.sources import data_root as _data_root
-    root = project_root()
-    if root is None: raise StackwiseError('make gpu-pack runs in the stackwise checkout: its .gpu/ travels with it')
-    out = Path(out or root/'.gpu')
-    src = Path(data_root) if data_root else _data_root() or (root.parent/'shared'/'data')
-    missing = [d for d in PACK_DATA if not (src/d).exists()]
-    if missing: raise StackwiseError(f'no {", ".join(missing)} under {src}: point --data (or STACKWISE_DATA) at the local dataset copies')
-    shutil.rmtree(out, ignore_errors=True)
-    (out/'wheels').mkdir(parents=True)
-    try:
-        for name in PACK_WHEELS:
-            version = importlib.metadata.version(name)
-            cmd = [sys.executable, '-m', 'pip', 'download', '-q', '--no-deps', '--only-binary=:all:', '--python-version', python_version,
-                   '--implementation', 'cp', *[a for p in _PLATFORMS for a in ('--platform', p)], '-d', str(out/'wheels'), f'{name}=={version}']
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode: raise StackwiseError(f'pip could not download {name}=={version} for CPython {python_version}: {r.stderr.strip()[-400:]}')
-        for w in (out/'wheels').glob('bitsandbytes-*.whl'): slim_bitsandbytes(w)
-        for d in PACK_DATA:
-            dest = out/'data'/d
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if (src/d).is_dir() else shutil.copy2)(src/d, dest)
-        sizes = {str(f.relative_to(out)): f.stat().st_size for f in sorted(out.rglob('*')) if f.is_file()}
-        pack, checkout = sum(sizes.values()), checkout_bytes(root)
-        for f, n in sizes.items(): print(f'{n / 2**20:8.2f} MiB  {out.name}/{f}')
-        print(f'pack {pack / 2**20:.1f} MiB + checkout {checkout / 2**20:.1f} MiB = {(pack + checkout) / 2**20:.1f} MiB travelling (limit {limit / 2**20:.0f} MiB)')
-        if pack + checkout > limit:
-            raise StackwiseError(f'the pack ({pack / 2**20:.1f} MiB) and the checkout ({checkout / 2**20:.1f} MiB) would carry {(pack + checkout) / 2**20:.1f} MiB, '
-                                 f'over {limit / 2**20:.0f} MiB: leave data out of PACK_DATA or move run folders out of the checkout')
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    return dict(pack_bytes=pack, checkout_bytes=checkout, files=sizes)
 
 # %% ../../nbs/55_bench.gpu.ipynb #3a62f904
 GPU_BUDGET_S, GPU_TIMEOUT_S, GPU_CARRY = 540, 600, ('.gpu',)

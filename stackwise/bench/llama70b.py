@@ -15,13 +15,37 @@ from .. import hardware
 from ..config import ModelConfig, config_dict, load_config
 from ..core import StackwiseError, read_json, write_json
 from ..models.blocks import Block
+from ..models.counting import forward_flops
 from ..models.rack import Rack
 from ..train.cache import FrozenUnits
 from ..train.depth import DepthConfig, DepthTrainer, lazy_rack, materialize_shell
 from ..train.loop import TrainConfig
 
 # %% auto #0
-__all__ = ['token_batches', 'layerwise_run', 'save_frozen_rack', 'load_frozen_rack']
+__all__ = ['llama_config', 'planned_seconds', 'token_batches', 'layerwise_run', 'save_frozen_rack', 'load_frozen_rack',
+           'plot_layers']
+
+# %% ../../nbs/57_bench.llama70b.ipynb #a034569f
+def llama_config(shape:str, # overrides of the Llama-2-70B preset as `field:value,...` (papermill-friendly), '' for the full shape
+                 seq_len:int, preset:str='decoder/llama_family/70b'):
+    "The model of a layer-wise run: the preset with `shape`'s overrides, at `seq_len`."
+    return load_config(preset, [s.strip().replace(':', '=', 1) for s in (shape or '').split(',') if s.strip()] + [f'max_seq_len={seq_len}'])
+
+def planned_seconds(s:dict, # the run's settings: shape, seq_len, batch_size, steps_per_layer, eval_batches
+                    rate:float) -> float:
+    "Planned wall time of a fresh-batches layer-wise run at `rate` FLOP/s: cache fills, training, held-out evaluations, per-layer setup, save and reload."
+    cfg = llama_config(s['shape'], s['seq_len'])
+    fwd = forward_flops(cfg, s['seq_len'])
+    L, tok = cfg.n_layers, s['batch_size'] * s['seq_len']
+    block, head = fwd['blocks'][0], fwd['head']
+    fill = s['steps_per_layer'] * tok * block * L * (L - 1) / 2  # layer k's fresh batches through the k layers before it
+    train = 3 * (block + head) * tok * s['steps_per_layer'] * L
+    evals = s['eval_batches'] * tok * (block * L * (L + 1) / 2 + head * L)  # the whole model on the held-out batches after each layer
+    model_gb = cfg.n_layers * block / 2 / (4 * s['seq_len']) * 0.6 / 1e9  # nf4 weights: half a byte per parameter, and their scales
+    gpu = rate > 1e12
+    return (fill + train + evals) / rate + L * (0.6 if gpu else 0.3) + 2 * model_gb / 1.0 + (20 if gpu else 3)  # per layer: build, quantize, optimizer; save and load at 1 GB/s
+
+
 
 # %% ../../nbs/57_bench.llama70b.ipynb #b3e97996
 def token_batches(data:str='tinyshakespeare', # a registry LM corpus (`datasets.load_dataset`, synthetic when it is not there), or 'synthetic'
@@ -108,3 +132,24 @@ def load_frozen_rack(folder, device='cpu') -> Rack:
     if missing or bad.unexpected_keys:
         raise StackwiseError(f'{folder/"model.safetensors"} does not match its model.json: missing {missing[:5]}, unexpected {bad.unexpected_keys[:5]}')
     return rack.to(device).eval().requires_grad_(False)
+
+# %% ../../nbs/57_bench.llama70b.ipynb #32a1cf10
+def plot_layers(layers:pd.DataFrame, # one row per layer (the llama70b part's metrics.csv)
+                planned_mb:float, where:str='GPU'):
+    "Per layer: peak memory against the plan, tokens/s and MFU, training and held-out loss."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
+    ax[0].plot(layers.layer, layers.peak_mem_mb / 1024, 'o-', ms=3, label=f'{where} peak, allocated')
+    if where == 'GPU': ax[0].plot(layers.layer, layers.reserved_mb / 1024, 's-', ms=3, label='reserved')
+    ax[0].axhline(planned_mb / 1024, color='k', ls='--', label='planned, last layer')
+    ax[0].set(xlabel='layer', ylabel='GiB', title='peak memory per layer')
+    ax[1].plot(layers.layer, layers.tokens_per_s, 'o-', ms=3, color='C2'); ax[1].set(xlabel='layer', ylabel='training tokens/s', title='speed per layer')
+    mfu = layers.mfu if layers.mfu.notna().all() else layers.mfu_measured
+    if mfu.notna().all():
+        a = ax[1].twinx(); a.plot(layers.layer, 100 * mfu, 'x--', ms=3, color='C3'); a.set_ylabel('MFU %', color='C3')
+    ax[2].plot(layers.layer, layers.loss_last, 'o-', ms=3, label='training, last step'); ax[2].plot(layers.layer, layers.val_loss, 's-', ms=3, label='held-out, after the layer')
+    ax[2].set(xlabel='layer', ylabel='loss (nats per byte)', title='loss per layer')
+    for a in (ax[0], ax[2]): a.legend(fontsize=8)
+    for a in ax: a.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
