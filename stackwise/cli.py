@@ -145,13 +145,12 @@ def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
                                    f'or depth.<field> ({", ".join(sorted(depth_fields))})')
     return train, model, depth
 
-def _lm_blocks(data:str, tok, block_size:int, split:str, seed:int):
-    "Token blocks of a registry LM dataset, or of the synthetic known-entropy language (`synthetic`)."
-    from stackwise.data.sources import load_dataset, synthetic_corpus
+def _lm_blocks(data:str, tok, block_size:int, seed:int, validate:bool):
+    "Training and validation token blocks of a registry LM corpus (its validation split) or of the synthetic language; no fallback."
+    from stackwise.data.sources import lm_texts
     from stackwise.data.packing import TokenBlocks, packed_corpus
-    texts = (synthetic_corpus(n_docs=64 if split == 'train' else 8, seed=seed, sample_seed=int(split != 'train'))[0]  # held-out text of the same language
-             if data == 'synthetic' else load_dataset(data, split))
-    return TokenBlocks(packed_corpus(texts, tok, progress=False), block_size)
+    t = lm_texts(data, split='train', val_split='validation' if validate else None, val_fraction=0.0, seed=seed, fallback=False)
+    return [TokenBlocks(packed_corpus(t[k], tok, progress=False), block_size) for k in ('train', 'val')]
 
 def _train(a):
     import dataclasses, torch
@@ -176,8 +175,9 @@ def _train(a):
     else: cfg = TrainConfig(**{**train_over, 'dtype': a.dtype, 'objective': objective, 'mask_token_id': mask})
     mcfg = load_config(preset, [f'vocab_size={tok.vocab_size}', f'max_seq_len={a.block_size}', f'causal={objective == "clm"}', *model_over])
     if depth: check_depth(dcfg, mcfg, a.batch_size, a.block_size)  # refused before any data is read or folder made
-    train = BlockLoader(_lm_blocks(a.data, tok, a.block_size, 'train', cfg.seed), a.batch_size, seed=cfg.seed)
-    val = BlockLoader(_lm_blocks(a.data, tok, a.block_size, 'validation', cfg.seed), a.batch_size, shuffle=False) if cfg.eval_every else None
+    train_blocks, val_blocks = _lm_blocks(a.data, tok, a.block_size, cfg.seed, validate=bool(cfg.eval_every))
+    train = BlockLoader(train_blocks, a.batch_size, seed=cfg.seed)
+    val = BlockLoader(val_blocks, a.batch_size, shuffle=False) if cfg.eval_every else None
     run = start_run(a.experiment, dict(preset=preset, data=a.data, block_size=a.block_size, batch_size=a.batch_size,
                                        train=dataclasses.asdict(cfg), **({'depth': dataclasses.asdict(dcfg)} if depth else {})),
                     root=a.results, path=a.resume)

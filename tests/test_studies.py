@@ -11,8 +11,9 @@ from stackwise.models.bdh import BDHConfig, bdh_parameters, bdh_seed001
 from stackwise.core import StackwiseError, write_json
 from stackwise.models.counting import count_parameters
 from stackwise.bench import studies
+from stackwise.data.sources import lm_texts
 from stackwise.bench.studies import (compare_models, match_parameters, pretrained_backpack, seed_table, shaped_config, study_header,
-                               study_texts, train_study_run)
+                               train_study_run)
 from stackwise.data.tokenization import bits_per_byte
 
 # the bdh study's claim: baselines within 0.5% of BDH's parameter count, at its CPU default and at seed 001's shape
@@ -51,7 +52,7 @@ def test_bits_per_byte_by_hand(tmp_path, monkeypatch):
 
 def test_texts_fall_back_loudly(tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    t = study_texts('tinyshakespeare', root=tmp_path)
+    t = lm_texts('tinyshakespeare', root=tmp_path)
     assert not t['real'] and t['source'].startswith('SYNTHETIC') and 'tinyshakespeare' in t['source']
 
 
@@ -62,7 +63,7 @@ def test_texts_local_parallel_copy(tmp_path, monkeypatch):
     fr, en = [f'phrase {i}' for i in range(10)], [f'sentence {i}' for i in range(10)]
     (d/'europarl-v7.fr-en.first3000.fr').write_text('\n'.join(fr) + '\n')
     (d/'europarl-v7.fr-en.first3000.en').write_text('\n'.join(en) + '\n')
-    t = study_texts('europarl_fr_en', root=tmp_path, val_fraction=0.2)
+    t = lm_texts('europarl_fr_en', root=tmp_path, val_fraction=0.2)
     assert t['real'] and '10 aligned fr-en sentence pairs' in t['source']
     assert t['train'] == [s for p in zip(fr[:8], en[:8]) for s in p] and t['val'] == ['phrase 8', 'sentence 8', 'phrase 9', 'sentence 9']
 

@@ -21,13 +21,6 @@ from ..train.loop import TrainConfig
 __all__ = ['run_spec', 'run_fresh', 'plot_memory', 'plot_val_vs_flops', 'plot_comparison']
 
 # %% ../../nbs/56_bench.depth_study.ipynb #ac5fc72d
-def _tokens(data:str, seed:int=0, root=None, split:str='train'):
-    from stackwise.data.sources import load_dataset, synthetic_corpus
-    from stackwise.data.packing import packed_corpus
-    from stackwise.data.tokenization import ByteTokenizer
-    texts = synthetic_corpus(n_docs=64, seed=seed)[0] if data == 'synthetic' else load_dataset(data, split, root=root)
-    return ByteTokenizer(), np.asarray(packed_corpus(texts, ByteTokenizer(), progress=False))
-
 def _downstream(model, tok, ev:dict, root=None) -> dict:
     "Scores of the trained model on `ev['tasks']` through the evaluation harness (first `ev['limit']` rows); a task whose data are missing gets its error."
     from stackwise.eval.harness import evaluate_task
@@ -38,19 +31,21 @@ def _downstream(model, tok, ev:dict, root=None) -> dict:
     return out
 
 def run_spec(spec:dict) -> dict:
-    "Train the run `spec` describes (byte tokens of `data`'s `split`, validated on `val_split` or the last `val_fraction`) and return its figures and history."
-    from stackwise.data.packing import BlockLoader, TokenBlocks
+    "Train the run `spec` describes (byte tokens of `data`'s `split`, validated on `val_split` or the last `val_fraction`: `data.lm_texts`) and return its figures and history."
+    from stackwise.data.packing import BlockLoader, TokenBlocks, packed_corpus
+    from stackwise.data.sources import lm_texts
+    from stackwise.data.tokenization import ByteTokenizer
     data, root, dseed = spec.get('data', 'synthetic'), spec.get('data_root') or None, spec.get('data_seed', spec.get('seed', 0))
-    tok, ids = _tokens(data, dseed, root, spec.get('split', 'train'))
+    tok = ByteTokenizer()
+    t = lm_texts(data, root, spec.get('split', 'train'), spec.get('val_split'), spec.get('val_fraction', 0.1), seed=dseed, fallback=False)
+    ids, val_ids = (np.asarray(packed_corpus(t[k], tok, progress=False)) for k in ('train', 'val'))
     T, B, seed = spec.get('block_size', 64), spec.get('batch_size', 16), spec.get('seed', 0)
-    if spec.get('val_split') and data != 'synthetic': ids, cut = np.concatenate([ids, _tokens(data, dseed, root, spec['val_split'])[1]]), len(ids)
-    else: cut = int(len(ids) * (1 - spec.get('val_fraction', 0.1)))
     depth = DepthConfig(**{'mask_token_id': tok.mask_token_id, **spec.get('depth', {})})
     mcfg = load_config(spec.get('preset', 'decoder/gpt2_family/nano'),
                        [f'vocab_size={tok.vocab_size}', f'max_seq_len={T}', f'causal={depth.objective == "clm"}', *spec.get('model', [])])
     cfg = TrainConfig(**{'progress': False, 'mfu': False, 'tensorboard': False, 'seed': seed, **spec.get('train', {})})
-    train = BlockLoader(TokenBlocks(ids[:cut], T), B, seed=seed)
-    val = BlockLoader(TokenBlocks(ids[cut:], T), B, shuffle=False) if spec.get('validate', True) else None
+    train = BlockLoader(TokenBlocks(ids, T), B, seed=seed)
+    val = BlockLoader(TokenBlocks(val_ids, T), B, shuffle=False) if spec.get('validate', True) else None
     base = rss_mb()
     torch.manual_seed(seed)
     rack = lazy_rack(mcfg) if spec.get('lazy', True) else Rack(mcfg)

@@ -14,13 +14,14 @@ import torch.nn as nn
 
 from ..config import ModelConfig, load_config
 from ..core import StackwiseError
+from ..data.sources import lm_texts
 from ..models.rack import Rack
 from ..models.counting import count_parameters
 
 # %% auto #0
-__all__ = ['LogitsLM', 'study_texts', 'study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config',
-           'match_parameters', 'build_model', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves',
-           'plot_seed_bars', 'study_header', 'compare_models', 'named_verdict', 'tests_table', 'study_page']
+__all__ = ['LogitsLM', 'study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config', 'match_parameters',
+           'build_model', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves', 'plot_seed_bars',
+           'study_header', 'compare_models', 'named_verdict', 'tests_table', 'study_page']
 
 # %% ../../nbs/54_bench.studies.ipynb #0a3c95d4
 class LogitsLM(nn.Module):
@@ -37,42 +38,6 @@ class LogitsLM(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             raise StackwiseError(f'{type(self.model).__name__} has no padding mask: train and score it on packed blocks (no padding)')
         return self.model(input_ids)[0]
-
-# %% ../../nbs/54_bench.studies.ipynb #e518f74e
-def study_texts(data:str, # a registry name (tinyshakespeare, europarl_fr_en, wikitext2_raw, ...) or "synthetic"
-                root:str|Path|None=None, # local copies folder (see `datasets.data_root`)
-                val_fraction:float=0.1, # the last part held out for validation
-               ) -> dict:
-    "Training and validation texts of `data` and a sentence saying what they are: the local copy, else the hub, else (loudly) the synthetic Markov language."
-    from stackwise.data.sources import MarkovSource, data_root, dataset_spec, hub_reachable, load_dataset, local_files
-    spec, why = (None, 'asked for') if data == 'synthetic' else (dataset_spec(data), None)
-    if spec is not None:
-        split = 'train' if 'train' in spec.get('local', {}).get('files', {}) else 'test'
-        local = bool(local_files(spec, split, root))
-        if local or hub_reachable():
-            ds = load_dataset(data, split, root=root)
-            if spec['task'] == 'translation':  # both sides of every pair, as separate documents; pairs stay on one side of the cut
-                # the hub's rows hold a {language: sentence} dict; a local parallel copy, source and target columns (the spec's languages, in order)
-                pairs = list(ds['translation']) if 'translation' in ds.column_names else [dict(zip(spec['languages'], r)) for r in zip(ds['source'], ds['target'])]
-                cut = int(len(pairs) * (1 - val_fraction))
-                langs = list(pairs[0])
-                docs = lambda rows: [r[l] for r in rows for l in langs if r[l].strip()]
-                train, val = docs(pairs[:cut]), docs(pairs[cut:])
-                what = f'{len(pairs):,} aligned {"-".join(langs)} sentence pairs, both sides'
-            else:
-                rows = [t for t in ds['text'] if t.strip()]
-                if len(rows) == 1:  # one document (Tiny Shakespeare): cut by characters
-                    cut = int(len(rows[0]) * (1 - val_fraction)); train, val = [rows[0][:cut]], [rows[0][cut:]]
-                else:
-                    cut = int(len(rows) * (1 - val_fraction)); train, val = rows[:cut], rows[cut:]
-                what = f'{sum(map(len, rows)):,} characters'
-            where = f'local copy in {data_root(root)}' if local else 'the dataset hub'
-            return dict(train=train, val=val, data=data, real=True,
-                        source=f'{data} ({where}; {what}; split {split}: the first {1 - val_fraction:.0%} to train, the last {val_fraction:.0%} to validate)')
-        why = f'no local copy ({"STACKWISE_DATA is not set" if data_root(root) is None else "not under " + str(data_root(root))}) and the hub does not answer'
-    src = MarkovSource(seed=0)  # one language: training and validation are different samples of it
-    return dict(train=src.texts(64, 4096, seed=0), val=src.texts(8, 4096, seed=1), data='synthetic', real=False,
-                source=f'SYNTHETIC: the known-entropy Markov language (order 1, 27 symbols), not {data}: {why}')
 
 # %% ../../nbs/54_bench.studies.ipynb #8168853f
 def study_tokenizer(name:str, # "bytes" or "bpe:<vocab size>" (trained on the training texts, cached)
@@ -176,7 +141,7 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
     from stackwise.train.checkpoint import load_checkpoint
     torch.set_num_threads(spec.get('threads', 1))
     base = rss_mb() if base is None else base
-    texts = study_texts(spec['data'], spec.get('data_root'), spec.get('val_fraction', 0.1))
+    texts = lm_texts(spec['data'], spec.get('data_root'), val_fraction=spec.get('val_fraction', 0.1))
     tok = study_tokenizer(spec.get('tokenizer', 'bytes'), texts['train'])
     T, B, seed = spec['block_size'], spec['batch_size'], spec.get('seed', 0)
     ids = {s: np.asarray(packed_corpus(texts[s], tok, progress=False)) for s in ('train', 'val')}
@@ -203,7 +168,7 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
                val_bpb=bits_per_byte(out['best_val_loss'], val_tokens, val_bytes) if out['best_val_loss'] is not None else None,
                peak_rss_mb=peak, net_mb=peak - base, val_tokens=val_tokens, val_bytes=val_bytes)
     if spec.get('wikitext_chars'):  # how the model does off its domain: bits per byte on WikiText-2 raw (test), the best checkpoint
-        wiki = study_texts('wikitext2_raw', spec.get('data_root'), 0.0)
+        wiki = lm_texts('wikitext2_raw', spec.get('data_root'), val_fraction=0.0)
         if wiki['real']:
             text = '\n'.join(wiki['train'])[:spec['wikitext_chars']]
             r = text_perplexity(trainer.module, tok, text, max_len=T, stride=T // 2)

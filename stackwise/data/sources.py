@@ -19,7 +19,8 @@ from ..core import StackwiseError, project_root
 # %% auto #0
 __all__ = ['REGISTRY_FILE', 'TASK_COLUMNS', 'SYNTHETIC_BANNER', 'registry', 'dataset_spec', 'datasets_table', 'data_root',
            'local_files', 'hub_offline', 'hub_reachable', 'MarkovSource', 'synthetic_multilabel', 'label_frequencies',
-           'most_frequent_label', 'single_label', 'synthetic_corpus', 'load_dataset', 'count_split', 'check_counts']
+           'most_frequent_label', 'single_label', 'synthetic_corpus', 'load_dataset', 'lm_texts', 'count_split',
+           'check_counts']
 
 # %% ../../nbs/10_data.sources.ipynb #f0401cb6
 REGISTRY_FILE = Path(str(files('stackwise')/'benchmarks'/'datasets.yaml'))
@@ -316,6 +317,54 @@ def _local_columns(spec:dict) -> dict:
     "Local files name their columns as the task does, except where `local.columns` says otherwise."
     return {c: c for c in TASK_COLUMNS[spec['task']] if c not in ('source', 'target')} | (
         {'translation': 'translation'} if spec['task'] == 'translation' else {})
+
+# %% ../../nbs/10_data.sources.ipynb #9deeff56
+def _documents(ds, spec:dict) -> list:
+    "The documents of a split: text rows, or sentence pairs ({language: sentence}) of a parallel corpus."
+    if spec['task'] == 'translation':  # the hub's rows hold a {language: sentence} dict; a local copy, source and target columns
+        return list(ds['translation']) if 'translation' in ds.column_names else [dict(zip(spec['languages'], r)) for r in zip(ds['source'], ds['target'])]
+    return [t for t in ds['text'] if t.strip()]
+
+def _texts(rows:list) -> list[str]:
+    "Sentence pairs as their sides, one document each; text rows as they are."
+    return [r[l] for r in rows for l in r if r[l].strip()] if rows and isinstance(rows[0], dict) else rows
+
+def lm_texts(data:str, # a registry corpus (tinyshakespeare, europarl_fr_en, wikitext2_raw, ...) or "synthetic"
+             root:str|Path|None=None, # local copies folder (see `data_root`)
+             split:str|None=None, # the training split (None: train where the corpus has one, else test)
+             val_split:str|None=None, # validate on this split (None: the last `val_fraction` of `split`)
+             val_fraction:float=0.1, # held out of `split` when there is no `val_split`
+             seed:int=0, # the synthetic language, when it is used
+             fallback:bool=True, # no local copy and no hub: the synthetic language (loudly); False: the loader's error
+            ) -> dict:
+    "Training and validation texts of `data` (`train`, `val`), whether they are the corpus (`real`) and a sentence saying what they are (`source`)."
+    def synthetic(why:str) -> dict:
+        train, val = (synthetic_corpus(n_docs=n, seed=seed, sample_seed=s)[0]['text'] for n, s in ((64, 0), (8, 1)))
+        return dict(train=train, val=val, data='synthetic', real=False,
+                    source=f'SYNTHETIC: the known-entropy Markov language (order 1, 27 symbols; seed {seed}), not {data}: {why}')
+    if data == 'synthetic': return synthetic('asked for')
+    spec = dataset_spec(data)
+    split = split or ('train' if 'train' in spec.get('local', {}).get('files', {}) else 'test')
+    try:
+        rows = _documents(load_dataset(data, split, root=root), spec)
+        if val_split: train, val, how = rows, _documents(load_dataset(data, val_split, root=root), spec), f'split {split} to train, {val_split} to validate'
+        elif len(rows) == 1 and isinstance(rows[0], str):  # one document: cut by characters
+            cut = int(len(rows[0]) * (1 - val_fraction)); train, val = [rows[0][:cut]], [rows[0][cut:]]
+            how = f'split {split}: the first {1 - val_fraction:.0%} of its characters to train, the last {val_fraction:.0%} to validate'
+        else:
+            cut = int(len(rows) * (1 - val_fraction)); train, val = rows[:cut], rows[cut:]
+            how = f'split {split}: the first {1 - val_fraction:.0%} to train, the last {val_fraction:.0%} to validate'
+    except StackwiseError as e:
+        if not fallback: raise
+        print(f"{SYNTHETIC_BANNER}\nstackwise: corpus {data!r} is not available ({str(e).splitlines()[0]}).\n"
+              f"stackwise: USING SYNTHETIC DATA INSTEAD: the known-entropy Markov language, not {data}.\n{SYNTHETIC_BANNER}", file=sys.stderr)
+        warnings.warn(f'corpus {data!r} replaced by synthetic data', stacklevel=2)
+        base = data_root(root)
+        return synthetic(f'no local copy ({"STACKWISE_DATA is not set" if base is None else "not under " + str(base)}) and the hub does not answer')
+    pairs = bool(rows) and isinstance(rows[0], dict)
+    where = f'local copy in {data_root(root)}' if local_files(spec, split, root) else 'the dataset hub'
+    what = f'{len(rows):,} aligned {"-".join(rows[0])} sentence pairs, both sides' if pairs else f'{sum(map(len, rows)):,} characters'
+    return dict(train=_texts(train), val=_texts(val), data=data, real=True, source=f'{data} ({where}; {what}; {how})')
 
 # %% ../../nbs/10_data.sources.ipynb #ff54ebd6
 def count_split(ds, kind:str) -> int:
