@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data.collators import ClassificationCollator, CLMCollator, MLMCollator
 from ..config import ModelConfig, load_config
 from ..core import StackwiseError, atomic_write, write_json
-from ..data.sources import (MarkovSource, data_root, dataset_spec, hub_reachable, label_frequencies, load_dataset, local_files,
+from ..data.sources import (data_root, lm_texts, dataset_spec, hub_reachable, label_frequencies, load_dataset, local_files,
                                 most_frequent_label, synthetic_multilabel)
 from ..train.dtypes import POLICIES, DtypePolicy, dtype_policy
 from ..hardware import device_info, resolve_device
@@ -118,17 +118,14 @@ def _lm_texts(source:str, root, lm_docs:int) -> tuple[list[str], list[str], str]
         it = iter(load_dataset('openwebtext', 'train', streaming=True))
         docs = [next(it)['text'] for _ in range(lm_docs + max(1, lm_docs // 10))]
         return docs[:lm_docs], docs[lm_docs:], f'openwebtext (hub, streamed: the first {len(docs):,} documents, the last tenth held out)'
-    if source in ('auto', 'local'):
-        if _local('tinyshakespeare', 'train', root):
-            text = load_dataset('tinyshakespeare', 'train', root=root)['text'][0]
-            cut = int(len(text) * 0.9)
-            return [text[:cut]], [text[cut:]], f'tinyshakespeare (local copy in {data_root(root)}; first 90% train, last 10% validation)'
-        if _local('wikitext2', 'validation', root) and _local('wikitext2', 'test', root):
-            tr, va = ([t for t in load_dataset('wikitext2', s, root=root)['text'] if t.strip()] for s in ('validation', 'test'))
-            return tr, va, f'wikitext2 (local copy in {data_root(root)}; its validation split to train, its test split to validate)'
+    if source in ('auto', 'local'):  # seed 004 names OpenWebText from the hub; offline, a local corpus through the one text source
+        for name, kw in (('tinyshakespeare', {}), ('wikitext2', dict(split='validation', val_split='test'))):
+            if _local(name, kw.get('split', 'train'), root) and _local(name, kw.get('val_split', kw.get('split', 'train')), root):
+                t = lm_texts(name, root, fallback=False, **kw)
+                return t['train'], t['val'], t['source']
         if source == 'local': raise StackwiseError(f'data_source="local", but neither tinyshakespeare nor wikitext2 is under {data_root(root)}: set STACKWISE_DATA')
-    src = MarkovSource(seed=0)  # one language: training and validation are different samples of it
-    return src.texts(64, 4096, seed=0), src.texts(8, 4096, seed=1), 'synthetic Markov language (order 1, 27 symbols; no hub, no local copy)'
+    t = lm_texts('synthetic')  # one language: training and validation are different samples of it
+    return t['train'], t['val'], 'synthetic Markov language (order 1, 27 symbols; no hub, no local copy)'
 
 def _rows(ds, labels_to_str:bool=False) -> list[dict]:
     return [dict(text=t, labels=[str(l) for l in ls] if labels_to_str else list(ls)) for t, ls in zip(ds['text'], ds['labels']) if len(ls)]
