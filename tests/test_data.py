@@ -11,7 +11,7 @@ import torch
 from stackwise.core import StackwiseError
 from stackwise.data import sources as sd
 from stackwise.data.collators import (IGNORE, ClassificationCollator, CLMCollator, MaskDiffusionCollator, MLMCollator, NERCollator,
-                                 SCHEDULES, SpanQACollator, diffusion_loss, elbo_weight, mask_ratio)
+                                 NOISE_SCHEDULES, SpanQACollator, diffusion_loss, elbo_weight, mask_ratio)
 from stackwise.data.packing import BlockLoader, TokenBlocks, load_tokens, pack_tokens, packed_corpus, stream_blocks
 from stackwise.data.tokenization import ByteTokenizer, bits_per_byte, get_tokenizer, train_bpe, utf8_bytes
 
@@ -289,7 +289,7 @@ def test_mlm_ratios_and_special_tokens():
     assert abs(((b['input_ids'] != bt.mask_token_id) & (b['input_ids'] != orig))[tgt].float().mean() - 0.1) < 0.02
 
 
-@pytest.mark.parametrize('schedule', SCHEDULES)
+@pytest.mark.parametrize('schedule', NOISE_SCHEDULES)
 def test_mask_diffusion_ratios_and_elbo_weights(schedule):
     "Each sequence is masked at its schedule's ratio, inside 15%..90%; the ELBO weight is d log m / dt and integrates to ln(hi/lo)."
     col = MaskDiffusionCollator(mask_token_id=259, schedule=schedule, seed=0)

@@ -40,7 +40,7 @@ def test_each_config_sets_what_it_claims(name, data):
     weights, compute, scaler, opt_name, moment = SEED_004[name]
     spec = small(dtype_config=name)
     torch.manual_seed(0)
-    model = db.build_model(spec, data)
+    model = db.build_cell_model(spec, data)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # the config must switch them off
     train, _ = db.loaders(spec, data)
     t = Trainer(model, train, TrainConfig(max_steps=1, warmup_steps=1, dtype=db.dtype_config(name), progress=False, mfu=False))
@@ -77,11 +77,11 @@ def test_recorded_observations_match(data, tmp_path):
 
 def test_a_failing_cell_does_not_stop_the_matrix(data, tmp_path, monkeypatch):
     "One cell crashes mid-training (injected), another while its model is built: both recorded, every other cell completes."
-    real = db.build_model
+    real = db.build_cell_model
     def build(spec, d):
         if (spec.scenario, spec.dtype_config) == ('E', 'bf16_pure'): raise MemoryError('no room for this model')
         return real(spec, d)
-    monkeypatch.setattr(db, 'build_model', build)
+    monkeypatch.setattr(db, 'build_cell_model', build)
     specs = db.matrix_specs('A,C,E', 'fp32_true,amp_bf16,bf16_pure', size='test', batch_size=4, max_steps=3, eval_batches=1, mfu=False)
     table = db.run_matrix(specs, data, tmp_path, inject_failure='C:amp_bf16', progress=False)
     st = table.set_index('cell').status
@@ -115,7 +115,7 @@ def test_classification_accumulation_is_exact(task, source, data):
     def after(B, accum):
         spec = small(task=task, model_source=source, batch_size=B, grad_accum=accum)
         torch.manual_seed(0)
-        model = db.build_model(spec, data)
+        model = db.build_cell_model(spec, data)
         train = db.BlockLoader(data.cls_train, B, shuffle=False, collate=db.loaders(spec, data)[0].collate)
         t = Trainer(model, train, TrainConfig(max_steps=1, grad_accum=accum, warmup_steps=1, lr=1e-3, objective=task, progress=False, mfu=False))
         t.fit()

@@ -31,7 +31,7 @@ from ..train.trainer import Trainer
 
 # %% auto #0
 __all__ = ['SCENARIOS', 'DTYPE_CONFIGS', 'PRESETS', 'SIZES', 'DATA_SOURCES', 'STATUSES', 'SEED_GPUS', 'Scenario', 'scenario_for',
-           'dtype_config', 'model_config', 'BenchData', 'prepare_data', 'CellSpec', 'loaders', 'build_model',
+           'dtype_config', 'model_config', 'BenchData', 'prepare_data', 'CellSpec', 'loaders', 'build_cell_model',
            'f1_scores', 'validate', 'state_bytes', 'summarize', 'run_cell', 'matrix_specs', 'run_matrix', 'load_matrix',
            'throughput_probe', 'first_batch', 'fp16_adamw_probe', 'hardware_check']
 
@@ -230,7 +230,7 @@ def loaders(spec:CellSpec, data:BenchData) -> tuple[BlockLoader, BlockLoader]:
     return BlockLoader(data.cls_train, B, seed=spec.seed, collate=coll), BlockLoader(data.cls_val, B, shuffle=False, collate=coll)
 
 # %% ../../nbs/52_bench.dtype_matrix.ipynb #b5147e44
-def build_model(spec:CellSpec, data:BenchData) -> nn.Module:
+def build_cell_model(spec:CellSpec, data:BenchData) -> nn.Module:
     "The cell's model, freshly initialised (seed it first)."
     import transformers
     from stackwise.models.encoders import ENCODER_ADAPTERS, EncoderRack
@@ -387,7 +387,7 @@ def run_cell(spec:CellSpec, data:BenchData,
         if dev.type == 'cuda': torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(dev)
         train, val = loaders(spec, data)
         torch.manual_seed(spec.seed)  # the same initial weights for every configuration of a scenario
-        model = build_model(spec, data)
+        model = build_cell_model(spec, data)
         observer, state = None, {}
         def on_step(tr, step):
             if step == 1: state['observed'] = observer.after_first_step()
@@ -477,7 +477,7 @@ def throughput_probe(specs:list[CellSpec], data:BenchData, reps:int=9, steps:int
     for spec in specs:
         train, _ = loaders(spec, data)
         torch.manual_seed(spec.seed)
-        t = _trainer(spec, data, build_model(spec, data), train)
+        t = _trainer(spec, data, build_cell_model(spec, data), train)
         it = iter(train)
         blocks = [next(it) for _ in range(spec.grad_accum)]
         fns[spec.name] = lambda t=t, b=blocks: t.train_step(b)['loss']
@@ -513,7 +513,7 @@ def fp16_adamw_probe(spec:CellSpec, data:BenchData) -> dict:
     dev = resolve_device(spec.device)
     b = {k: v.to(dev) for k, v in first_batch(spec, data).items()}
     torch.manual_seed(spec.seed)
-    ref = build_model(spec, data).to(dev)
+    ref = build_cell_model(spec, data).to(dev)
     half = copy.deepcopy(ref).half()
     g32 = _first_step(copy.deepcopy(ref), spec, b, 1e-8, fused=False)[1]
     g16 = _first_step(copy.deepcopy(half), spec, b, 1e-8, fused=False)[1]

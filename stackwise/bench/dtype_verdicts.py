@@ -12,7 +12,7 @@ import pandas as pd
 from .dtype_matrix import DTYPE_CONFIGS, SCENARIOS
 
 # %% auto #0
-__all__ = ['GRADES', 'HYPOTHESES', 'plot_heatmaps', 'plot_seed_bars', 'plot_loss_curves', 'sign_test', 'verdicts']
+__all__ = ['GRADES', 'HYPOTHESES', 'plot_heatmaps', 'plot_config_bars', 'plot_loss_curves', 'sign_test', 'verdicts']
 
 # %% ../../nbs/53_bench.dtype_verdicts.ipynb #5a10678d
 def _grid(df:pd.DataFrame, col:str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -80,7 +80,7 @@ def plot_heatmaps(df:pd.DataFrame, title:str=''):
     fig.suptitle(title); fig.tight_layout()
     return fig
 
-def plot_seed_bars(df:pd.DataFrame, cols:tuple=('val_loss', 'samples_per_s'), title:str=''):
+def plot_config_bars(df:pd.DataFrame, cols:tuple=('val_loss', 'samples_per_s'), title:str=''):
     "Mean and standard deviation over seeds of `cols`, a group of bars per scenario, a bar per configuration."
     import matplotlib.pyplot as plt
     order, sc = list(dict.fromkeys(df.dtype_config)), list(dict.fromkeys(df.scenario))

@@ -20,8 +20,8 @@ from ..models.counting import count_parameters
 
 # %% auto #0
 __all__ = ['LogitsLM', 'study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config', 'match_parameters',
-           'build_model', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves', 'plot_seed_bars',
-           'study_header', 'compare_models', 'named_verdict', 'tests_table', 'study_page']
+           'build_study_model', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves',
+           'plot_seed_bars', 'study_header', 'compare_models', 'named_verdict', 'tests_table', 'study_page']
 
 # %% ../../nbs/54_bench.studies.ipynb #0a3c95d4
 class LogitsLM(nn.Module):
@@ -113,7 +113,7 @@ def match_parameters(family:str, target:int, # parameters to match
     return cfg, count_parameters(cfg)
 
 # %% ../../nbs/54_bench.studies.ipynb #c6ac259f
-def build_model(kind:str, # bdh | gpt2 | llama (a Rack of `config`) | backpack | standard
+def build_study_model(kind:str, # bdh | gpt2 | llama (a Rack of `config`) | backpack | standard
                 config:dict, # the config's fields
                ) -> nn.Module:
     "A model the trainer takes: a Rack, or a `LogitsLM` around BDH, BackpackLM or StandardTransformerLM."
@@ -148,7 +148,7 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
     train = BlockLoader(TokenBlocks(ids['train'], T), B, seed=seed)
     val = BlockLoader(TokenBlocks(ids['val'], T), B, shuffle=False)
     torch.manual_seed(seed)
-    model = build_model(spec['kind'], {**spec['config'], 'vocab_size': tok.vocab_size})
+    model = build_study_model(spec['kind'], {**spec['config'], 'vocab_size': tok.vocab_size})
     run = Run(spec['run_dir'])
     run.log_config(dict(spec=spec, data_source=texts['source'], tokenizer=tok.name))
     cfg = TrainConfig(**{'progress': False, 'mfu': False, 'tensorboard': False, 'seed': seed, **spec['train']})

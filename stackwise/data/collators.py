@@ -16,7 +16,7 @@ from ..models.encoders import mlm_mask
 from .tokenization import Tokenizer
 
 # %% auto #0
-__all__ = ['IGNORE', 'SCHEDULES', 'pad', 'token_loss', 'CLMCollator', 'MLMCollator', 'mask_ratio', 'elbo_weight',
+__all__ = ['IGNORE', 'NOISE_SCHEDULES', 'pad', 'token_loss', 'CLMCollator', 'MLMCollator', 'mask_ratio', 'elbo_weight',
            'MaskDiffusionCollator', 'diffusion_loss', 'ClassificationCollator', 'char_span_to_tokens', 'SpanQACollator',
            'word_ids', 'NERCollator']
 
@@ -66,11 +66,11 @@ class MLMCollator:
         return dict(input_ids=inputs, attention_mask=mask, labels=labels)
 
 # %% ../../nbs/13_data.collators.ipynb #5955392d
-SCHEDULES = ('linear', 'cosine', 'log-linear')
+NOISE_SCHEDULES = ('linear', 'cosine', 'log-linear')
 
 def mask_ratio(t:torch.Tensor, schedule:str='linear', lo:float=0.15, hi:float=0.90) -> torch.Tensor:
     "The masking ratio `m(t)` of diffusion time `t` in [0, 1]."
-    if schedule not in SCHEDULES: raise StackwiseError(f'schedule must be one of {", ".join(SCHEDULES)}, got {schedule!r}')
+    if schedule not in NOISE_SCHEDULES: raise StackwiseError(f'schedule must be one of {", ".join(NOISE_SCHEDULES)}, got {schedule!r}')
     if not 0 < lo < hi <= 1: raise StackwiseError(f'need 0 < lo < hi <= 1 for the masking range, got lo={lo}, hi={hi}')
     if schedule == 'linear': return lo + (hi - lo) * t
     if schedule == 'cosine': return lo + (hi - lo) * torch.sin(t * math.pi / 2)

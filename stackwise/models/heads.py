@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..core import StackwiseError
 
 # %% auto #0
-__all__ = ['POOLINGS', 'TASKS', 'pool', 'TaskModel', 'embed', 'cosine_scores']
+__all__ = ['POOLINGS', 'HEAD_TASKS', 'pool', 'TaskModel', 'embed', 'cosine_scores']
 
 # %% ../../nbs/26_models.heads.ipynb #cbd6ad00
 POOLINGS = ('cls', 'last', 'mean')
@@ -27,7 +27,7 @@ def pool(hidden, # [B, T, d]
     return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
 # %% ../../nbs/26_models.heads.ipynb #62095d34
-TASKS = ('single_label', 'multi_label', 'regression', 'token', 'span')
+HEAD_TASKS = ('single_label', 'multi_label', 'regression', 'token', 'span')
 
 class TaskModel(nn.Module):
     "A Rack with a task head: logits, and the task's loss when labels are given."
@@ -37,7 +37,7 @@ class TaskModel(nn.Module):
                  pooling:str='cls', # for sequence tasks: cls | last | mean
                  dropout:float=0.1):
         super().__init__()
-        if task not in TASKS: raise StackwiseError(f'task must be one of {", ".join(TASKS)}, got {task!r}')
+        if task not in HEAD_TASKS: raise StackwiseError(f'task must be one of {", ".join(HEAD_TASKS)}, got {task!r}')
         if pooling not in POOLINGS: raise StackwiseError(f'pooling must be one of {", ".join(POOLINGS)}, got {pooling!r}')
         self.rack, self.task, self.pooling = rack, task, pooling
         self.drop = nn.Dropout(dropout)

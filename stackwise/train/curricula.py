@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..config import ModelConfig
 from ..core import StackwiseError
-from .depth_time import OBJECTIVES, noise_bands
+from .depth_time import DEPTH_OBJECTIVES, noise_bands
 
 # %% auto #0
 __all__ = ['MODES', 'CURRICULA', 'ROUTES', 'FULL', 'check_plan', 'unit_blocks', 'Stage', 'plan_stages', 'stage_flops']
@@ -22,7 +22,7 @@ def check_plan(mode:str, curriculum:str='left2right', objective:str='diffusion')
     "Refuse an unknown mode, curriculum or objective, and the combinations that mean nothing."
     if mode not in MODES: raise StackwiseError(f'unknown mode {mode!r}: use one of {", ".join(MODES)}')
     if curriculum not in CURRICULA: raise StackwiseError(f'unknown curriculum {curriculum!r}: use one of {", ".join(CURRICULA)}')
-    if objective not in OBJECTIVES: raise StackwiseError(f'unknown objective {objective!r}: use one of {", ".join(OBJECTIVES)}')
+    if objective not in DEPTH_OBJECTIVES: raise StackwiseError(f'unknown objective {objective!r}: use one of {", ".join(DEPTH_OBJECTIVES)}')
     if mode == 'progressive' and curriculum == 'independent':
         raise StackwiseError("mode 'progressive' grows one model while curriculum 'independent' trains each unit alone: "
                              "use independent with mode layerwise, blockwise, stackwise or fusion, or progressive with left2right or right2left")

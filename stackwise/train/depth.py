@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from ..models.blocks import Block
 from .cache import (CACHE_DTYPES, CACHE_PLACES, FROZEN_DTYPES, OFFLOADS, ActivationCache, FrozenUnits, check_cache_budget,
                              check_choice, check_quantizable)
-from ..data.collators import SCHEDULES
+from ..data.collators import NOISE_SCHEDULES
 from ..config import ModelConfig
 from ..core import StackwiseError, read_json, write_json
 from .curricula import FULL, Stage, check_plan, plan_stages, stage_flops, unit_blocks
@@ -66,8 +66,8 @@ class DepthConfig:
 
     def __post_init__(self):
         check_plan(self.mode, self.curriculum, self.objective)
-        if self.noise_schedule not in SCHEDULES:
-            raise StackwiseError(f'unknown noise_schedule {self.noise_schedule!r}: use one of {", ".join(SCHEDULES)}')
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise StackwiseError(f'unknown noise_schedule {self.noise_schedule!r}: use one of {", ".join(NOISE_SCHEDULES)}')
         self.mask_range = check_mask_range(self.mask_range)
         if self.bands is not None: self.bands = [check_band(b) for b in self.bands]
         if self.objective != 'clm' and self.mask_token_id is None:

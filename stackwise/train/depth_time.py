@@ -8,17 +8,17 @@ import math
 
 import torch
 
-from ..data.collators import IGNORE, SCHEDULES, diffusion_loss, elbo_weight, mask_ratio
+from ..data.collators import IGNORE, NOISE_SCHEDULES, diffusion_loss, elbo_weight, mask_ratio
 from ..core import StackwiseError
 from ..models.encoders import mlm_mask
 from .loop import loss_sum
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'MASK_RANGE', 'check_mask_range', 'check_band', 'noise_bands', 'unit_of_time', 'band_times', 'mask_time',
-           'noisy_batch', 'objective_loss']
+__all__ = ['DEPTH_OBJECTIVES', 'MASK_RANGE', 'check_mask_range', 'check_band', 'noise_bands', 'unit_of_time', 'band_times',
+           'mask_time', 'noisy_batch', 'objective_loss']
 
 # %% ../../nbs/35_train.depth_time.ipynb #b4f69b37
-OBJECTIVES = ('clm', 'mlm', 'diffusion')
+DEPTH_OBJECTIVES = ('clm', 'mlm', 'diffusion')
 MASK_RANGE = (0.15, 0.90)  # seed 003: masking ratios from 15% to 90%
 
 def check_mask_range(mask_range) -> tuple[float, float]:
@@ -81,7 +81,7 @@ def noisy_batch(blocks:torch.Tensor, # [B, T + 1] token blocks
                 mask_token_id:int|None=None, vocab_size:int|None=None, # mlm's random replacements come from [0, vocab_size)
                 generator:torch.Generator|None=None) -> dict:
     "Inputs, targets and (for the noisy objectives) each sequence's time and loss weight."
-    if objective not in OBJECTIVES: raise StackwiseError(f'unknown objective {objective!r}: use one of {", ".join(OBJECTIVES)}')
+    if objective not in DEPTH_OBJECTIVES: raise StackwiseError(f'unknown objective {objective!r}: use one of {", ".join(DEPTH_OBJECTIVES)}')
     if objective == 'clm': return dict(input_ids=blocks[:, :-1], labels=blocks[:, 1:].clone())
     if mask_token_id is None: raise StackwiseError(f"objective {objective!r} needs mask_token_id (the tokenizer's mask token)")
     lo, hi = check_mask_range(mask_range)

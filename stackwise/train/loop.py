@@ -16,13 +16,13 @@ from ..data.collators import IGNORE
 from .dtypes import dtype_policy
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'LM_OBJECTIVES', 'SCHEDULES', 'UNHASHED', 'TrainConfig', 'lr_factor', 'loss_sum', 'n_targets',
+__all__ = ['OBJECTIVES', 'LM_OBJECTIVES', 'LR_SCHEDULES', 'UNHASHED', 'TrainConfig', 'lr_factor', 'loss_sum', 'n_targets',
            'hashed_recipe', 'config_hash', 'param_groups', 'no_accelerator', 'first_batches', 'output_logits']
 
 # %% ../../nbs/32_train.loop.ipynb #c2e6d65b
 OBJECTIVES = ('clm', 'mlm', 'multi_cls', 'single_cls', 'regression', 'token_cls', 'span_qa')
 LM_OBJECTIVES = ('clm', 'mlm')  # the loader yields token blocks; classification loaders yield collated batches
-SCHEDULES = ('cosine', 'linear', 'constant')
+LR_SCHEDULES = ('cosine', 'linear', 'constant')
 
 @dataclass
 class TrainConfig:
@@ -58,8 +58,8 @@ class TrainConfig:
         dtype_policy(self.dtype)  # an unknown dtype fails here, listing the valid ones
         if self.objective not in OBJECTIVES:
             raise StackwiseError(f'unknown objective {self.objective!r}: use one of {", ".join(OBJECTIVES)}')
-        if self.schedule not in SCHEDULES:
-            raise StackwiseError(f'unknown schedule {self.schedule!r}: use one of {", ".join(SCHEDULES)}')
+        if self.schedule not in LR_SCHEDULES:
+            raise StackwiseError(f'unknown schedule {self.schedule!r}: use one of {", ".join(LR_SCHEDULES)}')
         if self.objective == 'mlm' and self.mask_token_id is None:
             raise StackwiseError("objective 'mlm' needs mask_token_id (the tokenizer's mask token)")
         if self.attention not in ('auto', 'model'):
