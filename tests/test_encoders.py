@@ -8,7 +8,8 @@ from transformers import (BertConfig, BertForMaskedLM, BertModel, DistilBertConf
                           ModernBertConfig, ModernBertForMaskedLM, ModernBertModel, RobertaConfig, RobertaForMaskedLM)
 
 from stackwise.config import load_config
-from stackwise.models.encoders import EncoderRack, encoder_from_hf, encoder_parameters, encoder_to_hf, mlm_mask, padding_position_ids
+from stackwise.models.encoders import EncoderRack, encoder_from_hf, encoder_parameters, encoder_to_hf, padding_position_ids
+from stackwise.data.masking import mlm_mask
 from stackwise.models.rack import Rack
 from stackwise.models.counting import count_parameters
 

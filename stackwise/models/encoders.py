@@ -20,7 +20,7 @@ from .counting import count_parameters
 
 # %% auto #0
 __all__ = ['ENCODER_ADAPTERS', 'MLMHead', 'Pooler', 'padding_position_ids', 'EncoderRack', 'encoder_parameters', 'EncoderAdapter',
-           'encoder_from_hf', 'encoder_to_hf', 'mlm_mask']
+           'encoder_from_hf', 'encoder_to_hf']
 
 # %% ../../nbs/25_models.encoders.ipynb #53f395e9
 class MLMHead(nn.Module):
@@ -342,21 +342,3 @@ def encoder_to_hf(rack:EncoderRack):
     if unexpected or missing: raise StackwiseError(f'HF {type(hf).__name__} did not take every weight: missing {missing}, unexpected {unexpected}')
     if mlm: hf.tie_weights()
     return hf.train(rack.training)
-
-# %% ../../nbs/25_models.encoders.ipynb #c4c10a2a
-def mlm_mask(input_ids, # [B, T] token ids
-             mask_token_id:int,
-             vocab_size:int,
-             p:float=0.15, # share of positions that become targets
-             special=None, # [B, T] bool: positions never masked (CLS, SEP, padding)
-             generator:torch.Generator|None=None):
-    "BERT's masked-LM inputs and labels (-100 where there is nothing to predict)."
-    g = dict(generator=generator, device=input_ids.device)
-    target = torch.rand(input_ids.shape, **g) < p
-    if special is not None: target &= ~special
-    labels = input_ids.masked_fill(~target, -100)
-    u = torch.rand(input_ids.shape, **g)
-    inputs = input_ids.masked_fill(target & (u < 0.8), mask_token_id)
-    random = target & (u >= 0.8) & (u < 0.9)
-    inputs = torch.where(random, torch.randint(0, vocab_size, input_ids.shape, **g), inputs)
-    return inputs, labels

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from ..models.blocks import Block
 from .cache import (CACHE_DTYPES, CACHE_PLACES, FROZEN_DTYPES, OFFLOADS, ActivationCache, FrozenUnits, check_cache_budget,
                              check_choice, check_quantizable)
-from ..data.collators import NOISE_SCHEDULES
+from ..data.masking import NOISE_SCHEDULES
 from ..config import ModelConfig
 from ..core import StackwiseError, read_json, write_json
 from .curricula import FULL, Stage, check_plan, plan_stages, stage_flops, unit_blocks

@@ -8,9 +8,10 @@ import math
 
 import torch
 
-from ..data.collators import IGNORE, NOISE_SCHEDULES, diffusion_loss, elbo_weight, mask_ratio
+from ..data.collators import IGNORE, diffusion_loss
+from ..data.masking import NOISE_SCHEDULES, elbo_weight, mask_ratio
 from ..core import StackwiseError
-from ..models.encoders import mlm_mask
+from ..data.masking import mlm_mask
 from .loop import loss_sum
 
 # %% auto #0
@@ -64,7 +65,7 @@ def band_times(n:int, band=(0.0, 1.0), generator:torch.Generator|None=None) -> t
 
 def mask_time(ratio, # masking ratio(s)
               schedule:str='cosine', mask_range=MASK_RANGE) -> torch.Tensor:
-    "The diffusion time whose masking ratio is `ratio`: the inverse of `collators.mask_ratio`, clipped to [0, 1]."
+    "The diffusion time whose masking ratio is `ratio`: the inverse of `masking.mask_ratio`, clipped to [0, 1]."
     lo, hi = check_mask_range(mask_range)
     mask_ratio(torch.zeros(1), schedule, lo, hi)  # an unknown schedule fails here, listing the known ones
     r = torch.as_tensor(ratio, dtype=torch.float32).clamp(lo, hi)
