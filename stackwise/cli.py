@@ -146,11 +146,12 @@ def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
     return train, model, depth
 
 def _lm_blocks(data:str, tok, block_size:int, seed:int, validate:bool):
-    "Training and validation token blocks of a registry LM corpus (its validation split) or of the synthetic language; no fallback."
+    "Training token blocks of a registry LM corpus or of the synthetic language, and (with `validate`) those of its validation split; no fallback."
     from stackwise.data.sources import lm_texts
     from stackwise.data.packing import TokenBlocks, packed_corpus
     t = lm_texts(data, split='train', val_split='validation' if validate else None, val_fraction=0.0, seed=seed, fallback=False)
-    return [TokenBlocks(packed_corpus(t[k], tok, progress=False), block_size) for k in ('train', 'val')]
+    blocks = lambda texts: TokenBlocks(packed_corpus(texts, tok, progress=False), block_size)
+    return blocks(t['train']), blocks(t['val']) if validate else None
 
 def _train(a):
     import dataclasses, torch
@@ -177,7 +178,7 @@ def _train(a):
     if depth: check_depth(dcfg, mcfg, a.batch_size, a.block_size)  # refused before any data is read or folder made
     train_blocks, val_blocks = _lm_blocks(a.data, tok, a.block_size, cfg.seed, validate=bool(cfg.eval_every))
     train = BlockLoader(train_blocks, a.batch_size, seed=cfg.seed)
-    val = BlockLoader(val_blocks, a.batch_size, shuffle=False) if cfg.eval_every else None
+    val = BlockLoader(val_blocks, a.batch_size, shuffle=False) if val_blocks is not None else None
     run = start_run(a.experiment, dict(preset=preset, data=a.data, block_size=a.block_size, batch_size=a.batch_size,
                                        train=dataclasses.asdict(cfg), **({'depth': dataclasses.asdict(dcfg)} if depth else {})),
                     root=a.results, path=a.resume)
