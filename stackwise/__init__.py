@@ -13,10 +13,10 @@ _EXPORTS = {
     'StackwiseError': 'core', 'ModelConfig': 'config', 'load_config': 'config',
     'load_run': 'runs', 'load_runs': 'runs', 'load_steps': 'runs',
     'load_dataset': 'data.sources', 'get_tokenizer': 'data.tokenization',
-    'Rack': 'models.rack', 'count_parameters': 'models.rack', 'load_hf': 'models.families',
+    'Rack': 'models.rack', 'count_parameters': 'models.counting', 'load_hf': 'models.families',
     'save_rack': 'models.families', 'load_rack': 'models.families',
-    'TrainConfig': 'train.trainer', 'Trainer': 'train.trainer',
-    'DepthConfig': 'train.depth', 'DepthTrainer': 'train.depth', 'plan': 'train.plan',
+    'TrainConfig': 'train.loop', 'Trainer': 'train.trainer',
+    'DepthConfig': 'train.curricula', 'DepthTrainer': 'train.depth', 'plan': 'train.plan',
     'evaluate': 'eval.harness', 'finetune': 'eval.finetune', 'run_experiment': 'report.experiments',
 }
 __all__ = ['__version__', *_EXPORTS]

@@ -131,7 +131,7 @@ def _preset(family:str, name:str) -> str:
 def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
     "`key=value` pairs: TrainConfig fields (values read as YAML), `model.field=value` model overrides, `depth.field=value` DepthConfig fields."
     import dataclasses, yaml
-    from stackwise.train.depth import DepthConfig
+    from stackwise.train.curricula import DepthConfig
     from stackwise.train.loop import TrainConfig
     fields, train, model, depth = {f.name for f in dataclasses.fields(TrainConfig)}, {}, [], {}
     depth_fields = {f.name for f in dataclasses.fields(DepthConfig)}
@@ -156,7 +156,9 @@ def _lm_blocks(data:str, tok, block_size:int, seed:int, validate:bool):
 def _train(a):
     import dataclasses, torch
     from stackwise.config import load_config
-    from stackwise.train.depth import DepthConfig, DepthTrainer, check_depth, lazy_rack
+    from stackwise.train.curricula import DepthConfig, check_depth
+    from stackwise.train.depth import DepthTrainer
+    from stackwise.models.rack import lazy_rack
     from stackwise.data.packing import BlockLoader
     from stackwise.models.rack import Rack
     from stackwise.runs import start_run
@@ -190,7 +192,7 @@ def _train(a):
 
 def _bench(a):
     import datasets, logging
-    from stackwise.bench import dtype_matrix as db
+    from stackwise.bench import dtype_matrix as db, dtype_runs as dr
     from stackwise.runs import check_name, new_run_id, results_root
     spec = db.CellSpec(a.model_arch, a.task, a.dtype_config, size=a.size, model_source=a.model_source, batch_size=a.batch_size,
                        grad_accum=a.grad_accum, max_steps=a.max_steps, seq_len=a.seq_len, lr=a.lr, warmup_steps=a.warmup_steps,
@@ -202,7 +204,7 @@ def _bench(a):
     datasets.disable_progress_bars(); logging.getLogger('bitsandbytes').setLevel(logging.ERROR)
     data = db.prepare_data(a.data_source, a.data, tokenizer=a.tokenizer, vocab_size=a.vocab_size)
     print('data: ' + '; '.join(f'{k}: {data.sources[k]}' for k in ('lm' if spec.task in ('clm', 'mlm') else 'classification', 'tokenizer')))
-    row = db.run_cell(spec, data, folder, progress=True)
+    row = dr.run_cell(spec, data, folder, progress=True)
     print(f'run folder: {folder}')
     keys = ('scenario', 'dtype_config', 'status', 'first_nan_step', 'steps_run', 'samples_per_s', 'tokens_per_s', 'mfu', 'peak_mem_gb',
             'state_mem_mb', 'val_loss', 'f1_micro', 'f1_macro', 'overflow_count', 'wall_s')

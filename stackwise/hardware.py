@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_hardware.ipynb #09fde2e3
 from __future__ import annotations
-import datetime, math, os, platform, re, resource, time
+import ctypes, datetime, math, os, platform, re, resource, time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from .core import StackwiseError, read_json, write_json
 # %% auto #0
 __all__ = ['TORCH_DTYPES', 'DATASHEET_TFLOPS', 'dtype_key', 'gpu_model', 'datasheet_tflops', 'resolve_device', 'device_info',
            'has_fp8', 'measure_matmul_tflops', 'measure_copy_gbps', 'rss_mb', 'memory_mb', 'peak_memory_mb',
-           'peak_tflops', 'mfu', 'plot_matmul_sweep']
+           'release_host_memory', 'peak_tflops', 'mfu', 'plot_matmul_sweep']
 
 # %% ../nbs/02_hardware.ipynb #0be4261f
 _DTYPE_ALIASES = {'fp32': 'fp32', 'float32': 'fp32', 'float': 'fp32', 'tf32': 'tf32',
@@ -170,6 +170,11 @@ def peak_memory_mb(device) -> float:
     device = torch.device(device)
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def release_host_memory():
+    "Give the C heap's free pages back to the OS (glibc `malloc_trim`), so that what one stage freed is not counted in the next one's resident set."
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError): pass  # not glibc: nothing to do
 
 # %% ../nbs/02_hardware.ipynb #ffa2319f
 def _cache_file() -> Path:

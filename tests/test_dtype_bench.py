@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, exe, run_cmd
-from stackwise.bench import dtype_matrix as db, dtype_verdicts as dv
+from stackwise.bench import dtype_matrix as db, dtype_runs as dr, dtype_verdicts as dv
 from stackwise.runs import run_status
 from stackwise.train.loop import TrainConfig
 from stackwise.train.trainer import Trainer
@@ -65,7 +65,7 @@ def test_each_config_sets_what_it_claims(name, data):
 
 def test_recorded_observations_match(data, tmp_path):
     "What run_cell writes down as evidence is what the configuration did."
-    rows = db.run_matrix(db.matrix_specs('A', list(SEED_004), size='test', batch_size=4, max_steps=2, eval_batches=1, mfu=False),
+    rows = dr.run_matrix(dr.matrix_specs('A', list(SEED_004), size='test', batch_size=4, max_steps=2, eval_batches=1, mfu=False),
                          data, progress=False).set_index('dtype_config')
     for name, (weights, compute, scaler, opt_name, moment) in SEED_004.items():
         r = rows.loc[name]
@@ -81,9 +81,9 @@ def test_a_failing_cell_does_not_stop_the_matrix(data, tmp_path, monkeypatch):
     def build(spec, d):
         if (spec.scenario, spec.dtype_config) == ('E', 'bf16_pure'): raise MemoryError('no room for this model')
         return real(spec, d)
-    monkeypatch.setattr(db, 'build_cell_model', build)
-    specs = db.matrix_specs('A,C,E', 'fp32_true,amp_bf16,bf16_pure', size='test', batch_size=4, max_steps=3, eval_batches=1, mfu=False)
-    table = db.run_matrix(specs, data, tmp_path, inject_failure='C:amp_bf16', progress=False)
+    monkeypatch.setattr(dr, 'build_cell_model', build)  # run_cell's own reference
+    specs = dr.matrix_specs('A,C,E', 'fp32_true,amp_bf16,bf16_pure', size='test', batch_size=4, max_steps=3, eval_batches=1, mfu=False)
+    table = dr.run_matrix(specs, data, tmp_path, inject_failure='C:amp_bf16', progress=False)
     st = table.set_index('cell').status
     assert st.pop('C-amp_bf16-s0') == 'error' and st.pop('E-bf16_pure-s0') == 'error'
     assert (st == 'completed').all() and len(st) == 7
@@ -94,15 +94,15 @@ def test_a_failing_cell_does_not_stop_the_matrix(data, tmp_path, monkeypatch):
     for cell in st.index: assert run_status(tmp_path/'cells'/cell) == 'complete'
     assert run_status(tmp_path/'cells'/'C-amp_bf16-s0') == 'failed'
     assert not list((tmp_path/'cells').glob('.*')), 'no half-written cell folder'
-    saved, _ = db.load_matrix(tmp_path)
+    saved, _ = dr.load_matrix(tmp_path)
     assert saved.cell.tolist() == table.cell.tolist()
 
 
 def test_fp16_naive_nan_is_caught_and_explained(data, tmp_path):
-    row = db.run_cell(small(model_arch='gpt2', task='clm', dtype_config='fp16_naive', max_steps=6), data, tmp_path/'A-fp16_naive-s0')
+    row = dr.run_cell(small(model_arch='gpt2', task='clm', dtype_config='fp16_naive', max_steps=6), data, tmp_path/'A-fp16_naive-s0')
     assert (row['status'], row['first_nan_step'], row['steps_run']) == ('nonfinite', 2, 2)
     assert json.loads((tmp_path/'A-fp16_naive-s0'/'metrics.json').read_text())['status'] == 'nonfinite'
-    probe = db.fp16_adamw_probe(small(dtype_config='fp16_naive'), data)
+    probe = dr.fp16_adamw_probe(small(dtype_config='fp16_naive'), data)
     assert probe['eps_1e8_in_fp16'] == 0.0
     assert probe['v_zero'] > 0.05 and probe['nonfinite_naive'] == pytest.approx(probe['v_zero'], abs=0.02)  # m / 0 where v is 0
     assert probe['nonfinite_repaired_eps1e-4'] == 0.0 and probe['nonfinite_fused_eps1e-8'] == 0.0

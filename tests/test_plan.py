@@ -10,11 +10,12 @@ import torch.nn as nn
 
 from stackwise.train import plan as sp
 from stackwise.bench import llama70b as lw
+from stackwise.models.quant import load_frozen_rack, save_frozen_rack
 from stackwise.models.blocks import Block
 from stackwise.cli import main
 from stackwise.config import load_config
 from stackwise.core import StackwiseError
-from stackwise.train.depth import run_blocks
+from stackwise.train.units import run_blocks
 from stackwise.models.generation import generate
 from stackwise.models.rack import Rack
 from stackwise.models.counting import count_parameters
@@ -154,14 +155,14 @@ def test_cache_handover_equals_recomputed(tiny_run):
 
 def test_saved_model_reloads_and_generates(tiny_run, tmp_path):
     rack = tiny_run['rack'].eval()
-    path = lw.save_frozen_rack(rack, tmp_path/'model', 'nf4', torch.float32)
+    path = save_frozen_rack(rack, tmp_path/'model', 'nf4', torch.float32)
     assert path.exists() and (tmp_path/'model'/'model.json').exists()
-    back = lw.load_frozen_rack(tmp_path/'model')
+    back = load_frozen_rack(tmp_path/'model')
     ids = torch.tensor([list(b'ROMEO:')])
     with torch.no_grad(): torch.testing.assert_close(back(ids), rack(ids), rtol=0, atol=1e-5)
     out = generate(back, ids, 12, top_k=1)
     assert out.shape == (1, 18) and out[0, :6].tolist() == list(b'ROMEO:')
-    with pytest.raises(StackwiseError, match='save_frozen_rack'): lw.load_frozen_rack(tmp_path)
+    with pytest.raises(StackwiseError, match='save_frozen_rack'): load_frozen_rack(tmp_path)
 
 
 def test_layerwise_run_bad_input():

@@ -14,7 +14,9 @@ from ..core import StackwiseError
 from ..hardware import peak_memory_mb, rss_mb
 from ..models.counting import count_parameters
 from ..models.rack import Rack
-from ..train.depth import DepthConfig, DepthTrainer, lazy_rack
+from ..train.curricula import DepthConfig
+from ..train.depth import DepthTrainer
+from ..models.rack import lazy_rack
 from ..train.loop import TrainConfig
 
 # %% auto #0

@@ -13,7 +13,7 @@ from ..core import StackwiseError, project_root
 __all__ = ['PACK_WHEELS', 'PACK_DATA', 'BNB_KEEP', 'PACK_LIMIT', 'checkout_bytes', 'slim_bitsandbytes', 'build_pack']
 
 # %% ../../nbs/59_bench.gpu_pack.ipynb #f6fdb19c
-PACK_WHEELS = ('omegaconf', 'datasets', 'dill', 'multiprocess', 'bitsandbytes')  # what the GPU path imports that the image does not hold
+PACK_WHEELS = ('omegaconf', 'datasets', 'dill', 'multiprocess', 'bitsandbytes', 'fastcore')  # what the GPU path imports that the image does not hold
 PACK_DATA = ('tinyshakespeare', 'europarl_fr_en', 'reuters21578/reuters_modapte_90.jsonl', 'wikitext2_raw/wiki.test.raw')  # what the parts read
 BNB_KEEP = ('libbitsandbytes_cuda130.so', 'libbitsandbytes_cpu.so')  # the image's CUDA 13.0, and the CPU
 PACK_LIMIT = 60 * 2**20

@@ -70,6 +70,7 @@ def llama70b_part(ctx:Context, run:Run, shape:str, seq_len:int, batch_size:int, 
     import torch.nn.functional as F
     from stackwise.train import plan as sp
     from stackwise.bench import llama70b as lw
+    from stackwise.models.quant import load_frozen_rack, save_frozen_rack
     from stackwise.train.dtypes import autocast_ctx, dtype_policy
     from stackwise.models.generation import generate
     from stackwise.models.counting import count_parameters
@@ -114,11 +115,11 @@ def llama70b_part(ctx:Context, run:Run, shape:str, seq_len:int, batch_size:int, 
     loss_trained = heldout(rack)
     with torch.no_grad(), autocast_ctx(policy, ctx.device): ref = rack(prompt).float().cpu()
     folder = scratch/f'llama70b-{run.run_id}'
-    t = time.time(); path = lw.save_frozen_rack(rack, folder, quant, policy.compute_dtype); save_s = time.time() - t
+    t = time.time(); path = save_frozen_rack(rack, folder, quant, policy.compute_dtype); save_s = time.time() - t
     model_bytes = path.stat().st_size
     del r, rack; gc.collect()
     if cuda: torch.cuda.empty_cache()
-    t = time.time(); back = lw.load_frozen_rack(folder, ctx.device); load_s = time.time() - t
+    t = time.time(); back = load_frozen_rack(folder, ctx.device); load_s = time.time() - t
     loss_reloaded = heldout(back)
     with torch.no_grad(), autocast_ctx(policy, ctx.device): reload_diff = float((back(prompt).float().cpu() - ref).abs().max())
     with autocast_ctx(policy, ctx.device): out = generate(back, prompt, gen_tokens, top_k=1)[0].tolist()
@@ -232,19 +233,19 @@ def dtype_matrix_part(ctx:Context, run:Run, size:str, max_steps:int, batch_size:
                       eval_batches:int, scenarios:str, dtype_configs:str) -> dict:
     "Every cell of the matrix, its table, heat maps and the hypotheses' verdicts."
     import logging, warnings
-    from stackwise.bench import dtype_matrix as db, dtype_verdicts as dv
+    from stackwise.bench import dtype_matrix as db, dtype_runs as dr, dtype_verdicts as dv
     logging.getLogger('bitsandbytes').setLevel(logging.ERROR); warnings.filterwarnings('ignore', category=UserWarning)
     data = db.prepare_data('auto', ctx.data_root, tokenizer=tokenizer, vocab_size=vocab_size)
     print('data:', data.sources, flush=True)
-    specs = db.matrix_specs(scenarios, dtype_configs, 1, size=size, model_source='hf', max_steps=max_steps, batch_size=batch_size, grad_accum=1,
+    specs = dr.matrix_specs(scenarios, dtype_configs, 1, size=size, model_source='hf', max_steps=max_steps, batch_size=batch_size, grad_accum=1,
                             seq_len=seq_len, lr=0.0, warmup_steps=min(5, max_steps), eval_batches=eval_batches, device=str(ctx.device))
     deadline_cells = []
     def log(line):
         print(line, flush=True)
         if ctx.left() < 0: deadline_cells.append(line)
-    db.run_matrix(specs, data, run.path, progress=False, log=log)
-    table, steps = db.load_matrix(run.path)
-    counts = table.status.value_counts().reindex(db.STATUSES, fill_value=0)
+    dr.run_matrix(specs, data, run.path, progress=False, log=log)
+    table, steps = dr.load_matrix(run.path)
+    counts = table.status.value_counts().reindex(dr.STATUSES, fill_value=0)
     verdict = dv.verdicts(table, steps, tolerance=0.05)
     where = f"{hardware.device_info(ctx.device)['name']} · {size} · {max_steps} steps · batch {batch_size}"
     run.save_chart(dv.plot_heatmaps(table, where), 'heatmaps')

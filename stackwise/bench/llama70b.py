@@ -4,26 +4,25 @@
 
 # %% ../../nbs/57_bench.llama70b.ipynb #75ce0324
 from __future__ import annotations
-import os, time
-from pathlib import Path
+import time
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .. import hardware
-from ..config import ModelConfig, config_dict, load_config
-from ..core import StackwiseError, read_json, write_json
-from ..models.blocks import Block
+from ..config import ModelConfig, load_config
+from ..core import StackwiseError
+
 from ..models.counting import forward_flops
-from ..models.rack import Rack
-from ..train.cache import FrozenUnits
-from ..train.depth import DepthConfig, DepthTrainer, lazy_rack, materialize_shell
+
+from ..train.curricula import DepthConfig
+from ..train.depth import DepthTrainer
+from ..models.rack import lazy_rack
 from ..train.loop import TrainConfig
 
 # %% auto #0
-__all__ = ['llama_config', 'planned_seconds', 'token_batches', 'layerwise_run', 'save_frozen_rack', 'load_frozen_rack',
-           'plot_layers']
+__all__ = ['llama_config', 'planned_seconds', 'token_batches', 'layerwise_run', 'plot_layers']
 
 # %% ../../nbs/57_bench.llama70b.ipynb #a034569f
 def llama_config(shape:str, # overrides of the Llama-2-70B preset as `field:value,...` (papermill-friendly), '' for the full shape
@@ -93,43 +92,6 @@ def layerwise_run(cfg:ModelConfig, train_data, # a BlockLoader (`token_batches`)
     hist = pd.DataFrame([r for r in trainer.history if r.get('loss') is not None])
     val0 = next((r['val_loss'] for r in trainer.history if r.get('phase') == 'init'), None)  # before any layer: the embeddings and head alone
     return dict(trainer=trainer, rack=trainer.rack, history=hist, layers=pd.DataFrame(rows), summary=out, peak_tflops=peak, val_loss_init=val0)
-
-# %% ../../nbs/57_bench.llama70b.ipynb #b6d5c2e5
-def save_frozen_rack(rack:Rack, folder, # where model.safetensors and model.json go
-                     quant:str, compute_dtype:torch.dtype=torch.bfloat16) -> Path:
-    "Save a Rack whose blocks are frozen (nf4/int8 with bitsandbytes' scales, or bf16/fp32): its state as stored, and its config; atomically."
-    from safetensors.torch import save_file
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder/'.model.safetensors.tmp'
-    save_file({k: v.detach().contiguous() for k, v in rack.state_dict().items()}, str(tmp))
-    os.replace(tmp, folder/'model.safetensors')
-    write_json(folder/'model.json', dict(config=config_dict(rack.cfg), quant=quant, compute_dtype=str(compute_dtype).removeprefix('torch.')))
-    return folder/'model.safetensors'
-
-def load_frozen_rack(folder, device='cpu') -> Rack:
-    "A Rack saved by `save_frozen_rack`, its blocks quantized as they were trained (built one at a time: never the whole model in fp32)."
-    import bitsandbytes as bnb
-    from safetensors.torch import load_file
-    folder = Path(folder)
-    if not (folder/'model.json').exists(): raise StackwiseError(f'no model.json in {folder}: point at a folder written by save_frozen_rack')
-    meta = read_json(folder/'model.json')
-    cfg = load_config(None, meta['config'])
-    rack = lazy_rack(cfg); materialize_shell(rack)
-    fu = FrozenUnits(lambda l: Block(cfg, l), meta['quant'], compute_dtype=getattr(torch, meta['compute_dtype']))
-    for stack in rack.stacks:
-        for i, b in enumerate(stack.blocks):
-            stack.blocks[i] = fu.convert([b.to_empty(device=device)])[0]  # quantizes whatever the memory held: the saved state replaces it
-    sd = load_file(str(folder/'model.safetensors'), device=str(device))
-    for name, m in rack.named_modules():
-        if isinstance(m, bnb.nn.Linear4bit):  # a 4-bit weight comes back with its quantization state
-            k = f'{name}.weight'
-            stats = {s[len(k) + 1:]: sd.pop(s) for s in [s for s in sd if s.startswith(k + '.')]}
-            m.weight = bnb.nn.Params4bit.from_prequantized(sd.pop(k), stats, requires_grad=False, device=device)
-    bad = rack.load_state_dict(sd, strict=False)
-    missing = [k for k in bad.missing_keys if not isinstance(rack.get_submodule(k.rsplit('.', 1)[0]), bnb.nn.Linear4bit)]
-    if missing or bad.unexpected_keys:
-        raise StackwiseError(f'{folder/"model.safetensors"} does not match its model.json: missing {missing[:5]}, unexpected {bad.unexpected_keys[:5]}')
-    return rack.to(device).eval().requires_grad_(False)
 
 # %% ../../nbs/57_bench.llama70b.ipynb #32a1cf10
 def plot_layers(layers:pd.DataFrame, # one row per layer (the llama70b part's metrics.csv)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from fastcore.basics import patch
 
 from ..core import StackwiseError, project_root
 
@@ -226,7 +227,8 @@ class MarkovSource:
         return float(self.stationary() @ rows)
 
 # %% ../../nbs/10_data.sources.ipynb #3ca94c52
-def _sample(self:MarkovSource, n_docs:int, doc_len:int, seed:int=0) -> np.ndarray:
+@patch
+def sample(self:MarkovSource, n_docs:int, doc_len:int, seed:int=0) -> np.ndarray:
     "`[n_docs, doc_len]` symbol indices from independent stationary chains."
     rng = np.random.default_rng([self.seed, seed])
     ctx = rng.choice(self.V ** self.order, size=n_docs, p=self.stationary())
@@ -239,12 +241,11 @@ def _sample(self:MarkovSource, n_docs:int, doc_len:int, seed:int=0) -> np.ndarra
         ctx = self.next_context(ctx, out[:, t])
     return out
 
-def _texts(self:MarkovSource, n_docs:int, doc_len:int, seed:int=0) -> list[str]:
+@patch
+def texts(self:MarkovSource, n_docs:int, doc_len:int, seed:int=0) -> list[str]:
     "`n_docs` documents of `doc_len` characters each."
     table = np.array(list(self.alphabet))
     return [''.join(r) for r in table[self.sample(n_docs, doc_len, seed)]]
-
-MarkovSource.sample, MarkovSource.texts = _sample, _texts
 
 # %% ../../nbs/10_data.sources.ipynb #47129ad4
 def synthetic_multilabel(n_docs:int=200, n_topics:int=8, vocab_size:int=300,

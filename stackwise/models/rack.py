@@ -4,7 +4,7 @@
 
 # %% ../../nbs/23_models.rack.ipynb #515d1185
 from __future__ import annotations
-import math
+import dataclasses, math
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,7 @@ from .blocks import Block, make_norm
 from ..config import ModelConfig, load_config
 
 # %% auto #0
-__all__ = ['Stack', 'Rack']
+__all__ = ['Stack', 'Rack', 'lazy_rack', 'is_meta', 'materialize_shell']
 
 # %% ../../nbs/23_models.rack.ipynb #28fe3596
 class Stack(nn.Module):
@@ -101,3 +101,21 @@ class Rack(nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cache:KVCache|None=None):
         "Next-token (or masked-token) logits [B, T, vocab_size]."
         return self.lm_head(self.hidden(input_ids, attention_mask, token_type_ids, position_ids, cache))
+
+# %% ../../nbs/23_models.rack.ipynb #5760c967
+def lazy_rack(cfg:ModelConfig, cls=Rack, **kw) -> Rack:
+    "A Rack on the meta device: the depth trainer builds each part on the training device when it is needed."
+    with torch.device('meta'): return cls(cfg, **kw)
+
+def is_meta(module:nn.Module) -> bool:
+    "Whether any parameter of `module` is still on the meta device (not built yet)."
+    return any(p.device.type == 'meta' for p in module.parameters())
+
+def materialize_shell(rack:Rack, seed:int=0):
+    "Give a meta Rack real embeddings and head: those of a one-block Rack of the same config (and class)."
+    small_cfg = dataclasses.replace(rack.cfg, n_layers=1, stack_sizes=[1])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        small = type(rack)(small_cfg, **rack.init_kwargs())
+    for name, child in small.named_children():
+        if name != 'stacks': setattr(rack, name, child)

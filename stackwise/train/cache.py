@@ -4,7 +4,7 @@
 
 # %% ../../nbs/37_train.cache.ipynb #fe00cef9
 from __future__ import annotations
-import math, os, secrets, tempfile
+import math, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,11 +13,10 @@ import torch
 import torch.nn as nn
 
 from ..core import StackwiseError, atomic_write
-from .qlora import quantize_nf4
+from ..models.quant import FROZEN_DTYPES, freeze_block, module_bytes
 
 # %% auto #0
-__all__ = ['CACHE_PLACES', 'CACHE_DTYPES', 'FROZEN_DTYPES', 'OFFLOADS', 'check_choice', 'check_cache_budget', 'ActivationCache',
-           'quantize_int8', 'check_quantizable', 'module_bytes', 'FrozenUnits']
+__all__ = ['CACHE_PLACES', 'CACHE_DTYPES', 'OFFLOADS', 'check_choice', 'check_cache_budget', 'ActivationCache', 'FrozenUnits']
 
 # %% ../../nbs/37_train.cache.ipynb #037621e1
 CACHE_PLACES = ('device', 'cpu', 'disk', 'none')
@@ -79,41 +78,7 @@ class ActivationCache:
         if self._tmp is not None: self._tmp.cleanup(); self._tmp = None
 
 # %% ../../nbs/37_train.cache.ipynb #de0ffa33
-FROZEN_DTYPES = ('fp32', 'bf16', 'int8', 'nf4')
 OFFLOADS = ('none', 'cpu', 'disk')
-
-def quantize_int8(model:nn.Module, skip:tuple=()) -> nn.Module:
-    "Replace `model`'s `nn.Linear` layers (in place) by frozen bitsandbytes int8 `Linear8bitLt` layers with the same weights (absmax per row)."
-    import bitsandbytes as bnb
-    for name, mod in list(model.named_modules()):
-        for cname, child in list(mod.named_children()):
-            if type(child) is not nn.Linear or any(s in f'{name}.{cname}' for s in skip): continue
-            q = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None, has_fp16_weights=False, threshold=0.0)
-            q.weight = bnb.nn.Int8Params(child.weight.data.float().contiguous(), requires_grad=False, has_fp16_weights=False)
-            if child.bias is not None: q.bias = nn.Parameter(child.bias.data.clone(), requires_grad=False)
-            setattr(mod, cname, q.to(child.weight.device))  # the move quantizes
-    return model
-
-def check_quantizable(block:nn.Module, dtype:str, device='cpu'):
-    "Refuse, before any training, a frozen dtype that bitsandbytes cannot apply to `block` on `device`."
-    if dtype != 'nf4' or torch.device(device).type != 'cpu': return
-    bad = sorted({m.in_features for m in block.modules() if isinstance(m, nn.Linear) and m.in_features % 64})
-    if bad:
-        raise StackwiseError(f"frozen_dtype='nf4' on the CPU needs Linear layers whose inputs are a multiple of 64 (bitsandbytes' 4-bit block size); "
-                             f"this model's blocks have inputs of {bad}: use frozen_dtype='int8' or 'bf16', or make d_model and d_ff multiples of 64")
-
-def _quant_tensors(p) -> list:
-    "The tensors bitsandbytes keeps beside a quantized weight: int8's per-row scales (`SCB`), nf4's block absmax and codes (nested too)."
-    out, qs = [getattr(p, 'SCB', None)], getattr(p, 'quant_state', None)
-    while qs is not None:
-        out += [qs.absmax, qs.code, getattr(qs, 'offset', None)]
-        qs = getattr(qs, 'state2', None)
-    return [t for t in out if torch.is_tensor(t)]
-
-def module_bytes(modules) -> int:
-    "Bytes of the parameters and buffers of `modules` as stored: a 4-bit matrix counts its packed bytes, and bitsandbytes' scales and codes count too."
-    ts = {id(t): t for m in modules for p in (*m.parameters(), *m.buffers()) for t in (p, *_quant_tensors(p))}.values()
-    return sum(t.numel() * t.element_size() for t in ts if t.device.type != 'meta')
 
 def _unit_state(blocks, layers) -> dict:
     return {f'{l}.{k}': v.detach().float().contiguous() for b, l in zip(blocks, layers) for k, v in b.state_dict().items()}
@@ -149,18 +114,8 @@ class FrozenUnits:
         return atomic_write(self.master_path(unit), save(_unit_state(blocks, layers)))
 
     def convert(self, blocks):
-        "Turn trainable fp32 blocks into their frozen form, in place."
-        for b in blocks:
-            b.requires_grad_(False).eval()
-            if self.dtype == 'bf16': b.to(torch.bfloat16)
-            elif self.dtype == 'int8': quantize_int8(b)
-            elif self.dtype == 'nf4':
-                quantize_nf4(b, skip=(), compute_dtype=self.compute_dtype)
-                # bitsandbytes repacks 4-bit weights for its CPU inference kernel the first time they run in eval mode without
-                # gradients, and no gradient flows through them after that; right2left needs it to, so keep the trainable layout
-                for m in b.modules():
-                    if hasattr(m, 'support_avx512bf16_for_cpu'): m.support_avx512bf16_for_cpu = False
-        return blocks
+        "Turn trainable fp32 blocks into their frozen form, in place (`quant.freeze_block`)."
+        return [freeze_block(b, self.dtype, self.compute_dtype) for b in blocks]
 
     def freeze(self, unit:int, layers:list[int], blocks:list[nn.Module]) -> list[nn.Module]:
         "Freeze a trained unit; returns what the Rack keeps at its place: the frozen blocks, or (offloaded) empty ones on the meta device."

@@ -51,7 +51,8 @@ def trainable_state(model:torch.nn.Module) -> dict|None:
 
 def save_checkpoint(folder:str|Path, # the checkpoints folder of a run
                     name:str, # the checkpoint's folder name, e.g. step-000100
-                    model:torch.nn.Module, state:dict, meta:dict) -> Path:
+                    model:torch.nn.Module|dict, # a model, or named tensors (e.g. the part of a model that is not saved elsewhere)
+                    state:dict, meta:dict) -> Path:
     "Write one checkpoint folder atomically (temporary folder, then rename); a partly frozen model saves its trainable weights only, a whole Rack its config too."
     from safetensors.torch import save_file, save_model
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def save_checkpoint(folder:str|Path, # the checkpoints folder of a run
     try:
         from stackwise.models.families import save_rack
         from stackwise.models.rack import Rack
-        part = trainable_state(model)
+        part = {k: v.detach().clone().contiguous() for k, v in model.items()} if isinstance(model, dict) else trainable_state(model)  # clones: tied tensors share memory
         if part is None and isinstance(model, Rack): save_rack(model, tmp)  # with config.yaml: `families.load_rack` rebuilds it
         elif part is None: save_model(model, str(tmp/'model.safetensors'))
         else: save_file(part, str(tmp/'model.safetensors'))

@@ -4,14 +4,19 @@
 
 # %% ../../nbs/36_train.curricula.ipynb #58a798a5
 from __future__ import annotations
+import math
 from dataclasses import dataclass
 
 from ..config import ModelConfig
 from ..core import StackwiseError
-from .depth_time import DEPTH_OBJECTIVES, noise_bands
+from ..data.masking import NOISE_SCHEDULES
+from .cache import CACHE_DTYPES, CACHE_PLACES, OFFLOADS, check_cache_budget, check_choice
+from ..models.quant import FROZEN_DTYPES
+from .depth_time import DEPTH_OBJECTIVES, MASK_RANGE, check_band, check_mask_range, noise_bands
 
 # %% auto #0
-__all__ = ['MODES', 'CURRICULA', 'ROUTES', 'FULL', 'check_plan', 'unit_blocks', 'Stage', 'plan_stages', 'stage_flops']
+__all__ = ['MODES', 'CURRICULA', 'ROUTES', 'FULL', 'GROW_INITS', 'check_plan', 'unit_blocks', 'Stage', 'plan_stages',
+           'stage_flops', 'DepthConfig', 'check_depth', 'slots_per_stage', 'stage_steps']
 
 # %% ../../nbs/36_train.curricula.ipynb #8f447448
 MODES = ('e2e', 'layerwise', 'blockwise', 'stackwise', 'progressive', 'fusion')
@@ -99,3 +104,97 @@ def stage_flops(stage:Stage, units:list[list[int]], fwd:dict, # `forward_flops`
                head=(3 if stage.head else 2) * fwd['head'])
     out = {k: v * tokens for k, v in out.items()}
     return dict(out, total=sum(out.values()))
+
+# %% ../../nbs/36_train.curricula.ipynb #88e2f2aa
+GROW_INITS = ('zero', 'random')
+
+@dataclass
+class DepthConfig:
+    "What depth-as-time training adds to the classical recipe (`TrainConfig`): the units and their order, the noise, what is cached and how frozen units are kept."
+    mode: str = 'layerwise'  # e2e | layerwise | blockwise | stackwise | progressive | fusion
+    curriculum: str = 'left2right'  # left2right | right2left | independent
+    k: int = 2  # blockwise: blocks per unit
+    objective: str = 'diffusion'  # clm | mlm | diffusion
+    noise_schedule: str = 'cosine'  # linear | cosine | log-linear: diffusion time -> masking ratio
+    mask_range: tuple = MASK_RANGE  # masking ratio at t=0 and at t=1
+    bands: list|None = None  # explicit diffusion-time bands, one per unit, input side first (None: equal slices)
+    mask_token_id: int|None = None  # mlm and diffusion: the tokenizer's mask token
+    steps_per_stage: int|None = None  # None: TrainConfig.max_steps (unused when flops_budget is set)
+    flops_budget: float|None = None  # total training FLOPs (cache filling included), spent in equal shares by the stages
+    fusion_share: float = 0.25  # fusion: the joint phase's share of flops_budget
+    cache: str = 'cpu'  # where left2right keeps its stage's input: device | cpu | disk | none (recompute every step)
+    cache_dtype: str = 'fp32'  # fp32 | bf16 | fp16
+    cache_budget: int|None = None  # bytes; the batches beyond it are recomputed through the frozen units
+    frozen_dtype: str = 'fp32'  # fp32 | bf16 | int8 | nf4 (bitsandbytes)
+    offload: str = 'none'  # where frozen units wait while a stage does not need them: none (the device) | cpu | disk
+    checkpoint_frozen: bool = False  # recompute the frozen right side's activations in the backward pass instead of keeping them
+    grow_init: str = 'zero'  # a unit joining a trained model starts with its residual outputs at zero (the model unchanged) or 'random' (as Rack inits it)
+    masters: bool = True  # keep each frozen unit's fp32 weights on disk (resume, thaw, fusion); False: a quantized trunk only, for a model larger than the disk
+    fresh_batches: bool = False  # each stage trains on batches no earlier stage has seen (its cache filled afresh through the frozen units); False: every stage reuses the first batches
+
+    def __post_init__(self):
+        check_plan(self.mode, self.curriculum, self.objective)
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise StackwiseError(f'unknown noise_schedule {self.noise_schedule!r}: use one of {", ".join(NOISE_SCHEDULES)}')
+        self.mask_range = check_mask_range(self.mask_range)
+        if self.bands is not None: self.bands = [check_band(b) for b in self.bands]
+        if self.objective != 'clm' and self.mask_token_id is None:
+            raise StackwiseError(f"objective {self.objective!r} needs mask_token_id (the tokenizer's mask token)")
+        if self.k < 1: raise StackwiseError(f'k (blocks per unit) must be >= 1, got {self.k}')
+        if self.steps_per_stage is not None and self.steps_per_stage < 1: raise StackwiseError(f'steps_per_stage must be >= 1, got {self.steps_per_stage}')
+        if not 0 < self.fusion_share < 1: raise StackwiseError(f'fusion_share must be in (0, 1), got {self.fusion_share}')
+        check_choice(self.cache, CACHE_PLACES, 'cache'); check_choice(self.cache_dtype, CACHE_DTYPES, 'cache dtype')
+        check_choice(self.frozen_dtype, FROZEN_DTYPES, 'frozen dtype'); check_choice(self.offload, OFFLOADS, 'offload')
+        check_choice(self.grow_init, GROW_INITS, 'grow_init')
+        if not self.masters and (self.offload != 'none' or self.mode in ('fusion', 'progressive') or self.curriculum != 'left2right'):
+            raise StackwiseError("masters=False keeps no fp32 copy of frozen units: it needs offload='none' and a mode that never trains a frozen unit again "
+                                 "(layerwise, blockwise or stackwise, left2right)")
+        try:  # from YAML or the command line, 1e8 is a string
+            if self.cache_budget is not None: self.cache_budget = int(float(self.cache_budget))
+            if self.flops_budget is not None: self.flops_budget = float(self.flops_budget)
+        except ValueError: raise StackwiseError(f'cache_budget and flops_budget are numbers, got {self.cache_budget!r} and {self.flops_budget!r}') from None
+        if self.cache_budget is not None and self.cache_budget < 0: raise StackwiseError(f'cache_budget must be >= 0 bytes, got {self.cache_budget}')
+        if self.flops_budget is not None and not self.flops_budget > 0: raise StackwiseError(f'flops_budget must be positive, got {self.flops_budget}')
+
+def check_depth(depth:DepthConfig, cfg:ModelConfig, batch_size:int, block_size:int) -> list[Stage]:
+    "The stages `depth` plans for a Rack of `cfg`, once what depends on the model and batch shapes is checked (units, bands, the cache budget)."
+    units = unit_blocks(cfg, depth.mode, depth.k)
+    stages = plan_stages(len(units), depth.mode, depth.curriculum, depth.bands)
+    if depth.cache_budget is not None and depth.cache != 'none' and any(s.cacheable for s in stages):
+        check_cache_budget((batch_size, block_size, cfg.d_model), depth.cache_dtype, depth.cache_budget)
+    return stages
+
+# %% ../../nbs/36_train.curricula.ipynb #17cdc3d2
+def slots_per_stage(depth:DepthConfig, steps:list[int], # steps per stage
+                    grad_accum:int, n_batches:int, # micro-batches per step; batches the training data hold
+                    n_stages:int) -> int:
+    "Distinct batches a stage trains on (and caches): one per micro-batch of its longest stage, as many as the data hold (with `fresh_batches`, its share of them)."
+    return min(max(steps) * grad_accum, n_batches // (n_stages if depth.fresh_batches else 1))
+
+def stage_steps(depth:DepthConfig, stages:list[Stage], units:list[list[int]], fwd:dict, # `forward_flops` at the block size
+                batch_shape:tuple, # (B, T, d_model) of one micro-batch
+                grad_accum:int, n_batches:int,
+                max_steps:int) -> list[int]: # the recipe's steps, when `depth` gives neither steps_per_stage nor flops_budget
+    "Steps per stage: `steps_per_stage` each, or equal shares of `flops_budget` in whole steps of each stage's own cost (cache filling included)."
+    d, (B, T, _) = depth, batch_shape
+    if d.flops_budget is None: return [d.steps_per_stage or max_steps] * len(stages)
+    n_fusion = sum(s.phase == 'fusion' for s in stages)
+    shares = [(d.fusion_share if s.phase == 'fusion' else (1 - d.fusion_share * n_fusion) / (len(stages) - n_fusion)) * d.flops_budget
+              for s in stages]
+    step = lambda st, cached: stage_flops(st, units, fwd, B * T * grad_accum, cached, d.checkpoint_frozen)['total']
+    slot_bytes = math.prod(batch_shape) * CACHE_DTYPES[d.cache_dtype].itemsize
+    steps = [1] * len(stages)
+    for _ in range(3):  # the cache's size depends on the steps, and its filling cost on the size
+        n_slots = slots_per_stage(d, steps, grad_accum, n_batches, len(stages))
+        n_cached = 0 if d.cache == 'none' else n_slots if d.cache_budget is None else min(n_slots, d.cache_budget // slot_bytes)
+        out = []
+        for st, share in zip(stages, shares):
+            if st.cacheable and n_cached:
+                filled = st.left if d.fresh_batches else st.left[-1:]  # fresh batches come through the whole frozen left side
+                fill = sum(fwd['blocks'][b] for j in filled for b in units[j]) * n_cached * B * T
+                hit = n_cached / n_slots
+                cost = hit * step(st, True) + (1 - hit) * step(st, False)
+            else: fill, cost = 0, step(st, False)
+            out.append(max(1, int((share - fill) // cost)))
+        steps = out
+    return steps

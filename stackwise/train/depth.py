@@ -4,219 +4,35 @@
 
 # %% ../../nbs/38_train.depth.ipynb #c74e5666
 from __future__ import annotations
-import ctypes, dataclasses, math, random, time
-from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
+import dataclasses, time
+from contextlib import ExitStack
 
-import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from fastcore.basics import patch
 from torch.utils.checkpoint import checkpoint
 
-from ..models.blocks import Block
-from .cache import (CACHE_DTYPES, CACHE_PLACES, FROZEN_DTYPES, OFFLOADS, ActivationCache, FrozenUnits, check_cache_budget,
-                             check_choice, check_quantizable)
-from ..data.masking import NOISE_SCHEDULES
-from ..config import ModelConfig
 from ..core import StackwiseError, read_json, write_json
-from .curricula import FULL, Stage, check_plan, plan_stages, stage_flops, unit_blocks
+from ..hardware import memory_mb, peak_memory_mb, release_host_memory, resolve_device
+from ..models.blocks import Block
 from ..models.counting import forward_flops
-from .depth_time import MASK_RANGE, check_band, check_mask_range, mask_time, noise_bands, noisy_batch, objective_loss, unit_of_time
-from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
 from ..models.generation import diffusion_generate, generate
-from ..hardware import memory_mb, peak_memory_mb, resolve_device
 from ..models.rack import Rack
 from ..runs import Run
-from .loop import TrainConfig, config_hash, first_batches, hashed_recipe, lr_factor, param_groups
-from .checkpoint import sha256_file, load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state
-from .trainer import plot_training
+from .cache import ActivationCache, FrozenUnits
+from ..models.quant import check_quantizable
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state, sha256_file
+from .curricula import FULL, DepthConfig, Stage, check_depth, slots_per_stage, stage_flops, stage_steps, unit_blocks
+from .depth_time import noise_bands, noise_seed, noisy_batch, objective_loss
+from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
+from .loop import (StepLog, TrainConfig, config_hash, first_batches, fresh_start, hashed_recipe, lr_factor, optimizer_step,
+                                  param_groups, plot_training)
+from .units import DepthModel, block_builder, head_logits, run_blocks, untie_head, zero_residual_outputs
+from ..models.rack import is_meta, materialize_shell
 
 # %% auto #0
-__all__ = ['GROW_INITS', 'DepthConfig', 'lazy_rack', 'block_builder', 'zero_residual_outputs', 'materialize_shell', 'head_logits',
-           'run_blocks', 'DepthModel', 'release_host_memory', 'check_depth', 'DepthTrainer', 'evaluate', 'fit',
-           'plot_depth', 'causal_fusion', 'assemble', 'sample', 'generate_causal']
-
-# %% ../../nbs/38_train.depth.ipynb #da395b54
-GROW_INITS = ('zero', 'random')
-
-@dataclass
-class DepthConfig:
-    "What depth-as-time training adds to the classical recipe (`TrainConfig`): the units and their order, the noise, what is cached and how frozen units are kept."
-    mode: str = 'layerwise'  # e2e | layerwise | blockwise | stackwise | progressive | fusion
-    curriculum: str = 'left2right'  # left2right | right2left | independent
-    k: int = 2  # blockwise: blocks per unit
-    objective: str = 'diffusion'  # clm | mlm | diffusion
-    noise_schedule: str = 'cosine'  # linear | cosine | log-linear: diffusion time -> masking ratio
-    mask_range: tuple = MASK_RANGE  # masking ratio at t=0 and at t=1
-    bands: list|None = None  # explicit diffusion-time bands, one per unit, input side first (None: equal slices)
-    mask_token_id: int|None = None  # mlm and diffusion: the tokenizer's mask token
-    steps_per_stage: int|None = None  # None: TrainConfig.max_steps (unused when flops_budget is set)
-    flops_budget: float|None = None  # total training FLOPs (cache filling included), spent in equal shares by the stages
-    fusion_share: float = 0.25  # fusion: the joint phase's share of flops_budget
-    cache: str = 'cpu'  # where left2right keeps its stage's input: device | cpu | disk | none (recompute every step)
-    cache_dtype: str = 'fp32'  # fp32 | bf16 | fp16
-    cache_budget: int|None = None  # bytes; the batches beyond it are recomputed through the frozen units
-    frozen_dtype: str = 'fp32'  # fp32 | bf16 | int8 | nf4 (bitsandbytes)
-    offload: str = 'none'  # where frozen units wait while a stage does not need them: none (the device) | cpu | disk
-    checkpoint_frozen: bool = False  # recompute the frozen right side's activations in the backward pass instead of keeping them
-    grow_init: str = 'zero'  # a unit joining a trained model starts with its residual outputs at zero (the model unchanged) or 'random' (as Rack inits it)
-    masters: bool = True  # keep each frozen unit's fp32 weights on disk (resume, thaw, fusion); False: a quantized trunk only, for a model larger than the disk
-    fresh_batches: bool = False  # each stage trains on batches no earlier stage has seen (its cache filled afresh through the frozen units); False: every stage reuses the first batches
-
-    def __post_init__(self):
-        check_plan(self.mode, self.curriculum, self.objective)
-        if self.noise_schedule not in NOISE_SCHEDULES:
-            raise StackwiseError(f'unknown noise_schedule {self.noise_schedule!r}: use one of {", ".join(NOISE_SCHEDULES)}')
-        self.mask_range = check_mask_range(self.mask_range)
-        if self.bands is not None: self.bands = [check_band(b) for b in self.bands]
-        if self.objective != 'clm' and self.mask_token_id is None:
-            raise StackwiseError(f"objective {self.objective!r} needs mask_token_id (the tokenizer's mask token)")
-        if self.k < 1: raise StackwiseError(f'k (blocks per unit) must be >= 1, got {self.k}')
-        if self.steps_per_stage is not None and self.steps_per_stage < 1: raise StackwiseError(f'steps_per_stage must be >= 1, got {self.steps_per_stage}')
-        if not 0 < self.fusion_share < 1: raise StackwiseError(f'fusion_share must be in (0, 1), got {self.fusion_share}')
-        check_choice(self.cache, CACHE_PLACES, 'cache'); check_choice(self.cache_dtype, CACHE_DTYPES, 'cache dtype')
-        check_choice(self.frozen_dtype, FROZEN_DTYPES, 'frozen dtype'); check_choice(self.offload, OFFLOADS, 'offload')
-        check_choice(self.grow_init, GROW_INITS, 'grow_init')
-        if not self.masters and (self.offload != 'none' or self.mode in ('fusion', 'progressive') or self.curriculum != 'left2right'):
-            raise StackwiseError("masters=False keeps no fp32 copy of frozen units: it needs offload='none' and a mode that never trains a frozen unit again "
-                                 "(layerwise, blockwise or stackwise, left2right)")
-        try:  # from YAML or the command line, 1e8 is a string
-            if self.cache_budget is not None: self.cache_budget = int(float(self.cache_budget))
-            if self.flops_budget is not None: self.flops_budget = float(self.flops_budget)
-        except ValueError: raise StackwiseError(f'cache_budget and flops_budget are numbers, got {self.cache_budget!r} and {self.flops_budget!r}') from None
-        if self.cache_budget is not None and self.cache_budget < 0: raise StackwiseError(f'cache_budget must be >= 0 bytes, got {self.cache_budget}')
-        if self.flops_budget is not None and not self.flops_budget > 0: raise StackwiseError(f'flops_budget must be positive, got {self.flops_budget}')
-
-# %% ../../nbs/38_train.depth.ipynb #2d0eaa83
-def lazy_rack(cfg:ModelConfig, cls=Rack, **kw) -> Rack:
-    "A Rack on the meta device: the depth trainer builds each part on the training device when it is needed."
-    with torch.device('meta'): return cls(cfg, **kw)
-
-def _is_meta(module:nn.Module) -> bool: return any(p.device.type == 'meta' for p in module.parameters())
-
-def block_builder(cfg:ModelConfig, seed:int=0,
-                  device=None): # build on this device (a CUDA GPU draws its own random numbers: the same per device, not across devices)
-    "A function layer -> a fresh Block initialised as `Rack` initialises it, the same for the same (seed, layer)."
-    dev = torch.device(device or 'cpu')
-    def build(layer:int) -> Block:
-        with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []), dev:
-            torch.manual_seed(seed * 100_003 + layer)
-            b = Block(cfg, layer); b.apply(Rack._init)
-            for n, p in b.named_parameters():
-                if n.endswith(('attn.out.weight', 'mlp.down.weight')): nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layers))
-        return b
-    return build
-
-def zero_residual_outputs(block:nn.Module) -> nn.Module:
-    "Zero the projections that write a Block's attention and MLP into the residual stream: a pre-norm Block is then the identity."
-    for n, p in block.named_parameters():
-        if n.endswith(('attn.out.weight', 'attn.out.bias', 'mlp.down.weight', 'mlp.down.bias')): nn.init.zeros_(p)
-    return block
-
-def materialize_shell(rack:Rack, seed:int=0):
-    "Give a meta Rack real embeddings and head: those of a one-block Rack of the same config (and class)."
-    small_cfg = dataclasses.replace(rack.cfg, n_layers=1, stack_sizes=[1])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        small = type(rack)(small_cfg, **rack.init_kwargs())
-    for name, child in small.named_children():
-        if name != 'stacks': setattr(rack, name, child)
-
-def _untie_head(rack:Rack) -> bool:
-    "Give the head its own copy of any weight it shares with the token embeddings (when one learns and the other is frozen)."
-    emb, done = rack.tok_emb.weight, False
-    for m in (rack.final_norm, rack.lm_head):
-        for mod in (m.modules() if m is not None else ()):
-            for k, p in list(mod.named_parameters(recurse=False)):
-                if p is emb: setattr(mod, k, nn.Parameter(p.detach().clone())); done = True
-    return done
-
-def head_logits(rack:Rack, h:torch.Tensor) -> torch.Tensor:
-    "The head of a Rack: final norm (when it has one) and LM head."
-    return rack.lm_head(rack.final_norm(h) if rack.final_norm is not None else h)
-
-def run_blocks(blocks, x:torch.Tensor, rope=None) -> torch.Tensor:
-    "`x` through `blocks`, in their own dtype (a bf16 frozen unit reads bf16), returned in `x`'s dtype."
-    dt = next((p.dtype for b in blocks for p in b.parameters() if p.is_floating_point()), x.dtype)
-    y = x.to(dt)
-    for b in blocks: y = b(y, rope)
-    return y.to(x.dtype)
-
-# %% ../../nbs/38_train.depth.ipynb #1df9f017
-class DepthModel(nn.Module):
-    "A depth-as-time trained Rack as one denoiser: each sequence goes through the units its diffusion time routes it to."
-    def __init__(self, rack:Rack, units:list[list[int]], bands, route:str='chain', trained=None, # units that have been trained (default: all)
-                 schedule:str='cosine', mask_range=MASK_RANGE, mask_token_id:int|None=None,
-                 frozen:FrozenUnits|None=None): # where frozen units live (None: all in the Rack)
-        super().__init__()
-        self.rack, self.units, self.bands, self.route, self.frozen = rack, units, bands, route, frozen
-        self.trained = set(range(len(units))) if trained is None else set(trained)
-        self.schedule, self.mask_range, self.mask_token_id = schedule, mask_range, mask_token_id
-
-    @property
-    def causal(self) -> bool: return self.rack.causal
-    @causal.setter
-    def causal(self, value:bool): self.rack.causal = value
-
-    def blocks(self, j:int) -> list: return [self.rack.blocks[l] for l in self.units[j]]
-    def unit(self, j:int):
-        "A context giving unit `j`'s blocks on the device (a frozen, offloaded unit is brought back for the duration)."
-        return self.frozen.use(j) if self.frozen is not None and j in self.frozen else nullcontext(self.blocks(j))
-
-    def paths(self, t:torch.Tensor|None, B:int) -> torch.Tensor:
-        "[B, n_units] bool: the units each sequence goes through, for its time `t` (None: every trained unit)."
-        n = len(self.units)
-        trained = torch.zeros(n, dtype=torch.bool)
-        trained[sorted(self.trained)] = True
-        P = trained.expand(B, n).clone()
-        if self.route == 'chain' or t is None or not self.trained: return P
-        k, j = unit_of_time(t.cpu(), self.bands), torch.arange(n)
-        if self.route == 'suffix':
-            P &= j[None] >= k[:, None]
-            P[~P.any(1)] = trained  # no trained unit at or after its own: all of them
-            return P
-        tr = torch.tensor(sorted(self.trained))
-        return F.one_hot(tr[(tr[None] - k[:, None]).abs().argmin(1)], n).bool()
-
-    def forward(self, input_ids, t=None): # [B] diffusion times (None: read off the masked fraction)
-        "Logits [B, T, V] along each sequence's route."
-        if t is None and self.route != 'chain' and self.mask_token_id is not None:
-            t = mask_time((input_ids == self.mask_token_id).float().mean(1), self.schedule, self.mask_range)
-        x, pos = self.rack.embed(input_ids)
-        rope = self.rack.rope_tables(pos)
-        P = self.paths(t, len(input_ids)).to(x.device)
-        for j in range(len(self.units)):
-            sel = P[:, j]
-            if not sel.any(): continue
-            with self.unit(j) as blocks:
-                if sel.all(): x = run_blocks(blocks, x, rope)
-                else: x = x.clone(); x[sel] = run_blocks(blocks, x[sel], rope)
-        return head_logits(self.rack, x)
+__all__ = ['DepthTrainer']
 
 # %% ../../nbs/38_train.depth.ipynb #e20b2712
-def release_host_memory():
-    "Give the C heap's free pages back to the OS (glibc `malloc_trim`), so that what one stage freed is not counted in the next one's resident set."
-    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
-    except (OSError, AttributeError): pass  # not glibc: nothing to do
-
-def _noise_seed(seed:int, band, slot:int) -> int:
-    return (seed * 1_000_003 + slot * 10_007 + round(band[0] * 1e6) * 31 + round(band[1] * 1e6)) % 2**63
-
-class _Tensors(nn.Module):
-    "Named tensors as buffers, so that `save_checkpoint` writes all of them (frozen or not) to safetensors ('.' becomes '/')."
-    def __init__(self, tensors:dict):
-        super().__init__()
-        for k, v in tensors.items(): self.register_buffer(k.replace('.', '/'), v.detach().clone())
-
-def check_depth(depth:DepthConfig, cfg:ModelConfig, batch_size:int, block_size:int) -> list[Stage]:
-    "The stages `depth` plans for a Rack of `cfg`, once what depends on the model and batch shapes is checked (units, bands, the cache budget)."
-    units = unit_blocks(cfg, depth.mode, depth.k)
-    stages = plan_stages(len(units), depth.mode, depth.curriculum, depth.bands)
-    if depth.cache_budget is not None and depth.cache != 'none' and any(s.cacheable for s in stages):
-        check_cache_budget((batch_size, block_size, cfg.d_model), depth.cache_dtype, depth.cache_budget)
-    return stages
-
 class DepthTrainer:
     "Depth-as-time training of a Rack: stages of units per mode and curriculum, cached activations, frozen units stored small and away."
     def __init__(self, rack:Rack, # a Rack, or `lazy_rack(cfg)` to build each block when its stage comes
@@ -247,21 +63,22 @@ class DepthTrainer:
         if d.fresh_batches and len(train_data) < len(self.stages):
             raise StackwiseError(f'fresh_batches needs a batch of its own for each of the {len(self.stages)} stages, the data hold {len(train_data)}: '
                                  f'add text, lower batch_size or block_size, or set fresh_batches=False')
-        self.steps = self._plan_steps()
-        self.n_slots = self._slots_per_stage(self.steps)
+        self.steps = stage_steps(d, self.stages, self.units, self.fwd, self.shape, c.grad_accum, len(train_data), c.max_steps)
+        self.n_slots = slots_per_stage(d, self.steps, c.grad_accum, len(train_data), len(self.stages))
         # the Rack on the device: embeddings and head now, blocks now (an ordinary Rack) or at their stage (a lazy one)
         tf32_mode(self.policy)
         self.build = block_builder(rack.cfg, c.seed, self.device if self.device.type == 'cuda' else None)  # a 70B layer is built on the GPU in milliseconds
-        if _is_meta(rack.tok_emb): materialize_shell(rack, c.seed)
-        self.untied = any(s.embed != s.head for s in self.stages) and _untie_head(rack)
+        if is_meta(rack.tok_emb): materialize_shell(rack, c.seed)
+        self.untied = any(s.embed != s.head for s in self.stages) and untie_head(rack)
         for name, child in rack.named_children():
             if name != 'stacks': cast_model(child, self.policy).to(self.device)
-        if not _is_meta(rack.stacks): cast_model(rack.stacks, self.policy).to(self.device)
+        if not is_meta(rack.stacks): cast_model(rack.stacks, self.policy).to(self.device)
         folder = run.path/'units' if run is not None else None
         self.frozen = FrozenUnits(lambda l: cast_model(self.build(l), self.policy), d.frozen_dtype, d.offload, self.device, folder,
                                   compute_dtype=self.policy.compute_dtype, masters=d.masters)
         self.model = DepthModel(rack, self.units, self.bands, 'chain', set(), d.noise_schedule, d.mask_range, d.mask_token_id, self.frozen)
-        self.cache, self._cache_stage, self._val, self._tb = None, None, None, None
+        self.cache, self._cache_stage, self._val = None, None, None
+        self.step_log = StepLog(run, c)
         self.step, self.tokens, self.done = 0, 0, 0
         self.flops = dict(train=0, recompute=0, cache_fill=0)
         self.history, self.summaries = [], []
@@ -271,80 +88,39 @@ class DepthTrainer:
         "What must match for a checkpoint to be resumed: the depth config, the training recipe and the model's shape."
         return config_hash(depth=dataclasses.asdict(self.depth), recipe=hashed_recipe(self.cfg), model=dataclasses.asdict(self.rack.cfg))
 
-# %% ../../nbs/38_train.depth.ipynb #d1fadf14
-def _step_flops(self:DepthTrainer, st:Stage, cached_share:float=0.0) -> float:
-    "Training FLOPs of one step of `st` (its micro-batches), with `cached_share` of its batches read from the cache."
-    tok = self.B * self.T * self.cfg.grad_accum
-    f = lambda cached: stage_flops(st, self.units, self.fwd, tok, cached, self.depth.checkpoint_frozen)['total']
-    return cached_share * f(True) + (1 - cached_share) * f(False)
-
-def _slots_per_stage(self:DepthTrainer, steps:list[int]) -> int:
-    "Distinct batches a stage trains on (and caches): one per micro-batch of its longest stage, as many as the data hold (with `fresh_batches`, its share of them)."
-    return min(max(steps) * self.cfg.grad_accum, len(self.train_data) // (len(self.stages) if self.depth.fresh_batches else 1))
-
+# %% ../../nbs/38_train.depth.ipynb #94c43ed4
+@patch
 def _slot0(self:DepthTrainer, st:Stage) -> int:
     "The first batch of stage `st`: 0, or with `fresh_batches` past every earlier stage's batches."
     return st.index * self.n_slots if self.depth.fresh_batches else 0
 
-def _plan_steps(self:DepthTrainer) -> list[int]:
-    "Steps per stage: `steps_per_stage` each, or equal shares of `flops_budget`."
-    d, c = self.depth, self.cfg
-    if d.flops_budget is None: return [d.steps_per_stage or c.max_steps] * len(self.stages)
-    n_fusion = sum(s.phase == 'fusion' for s in self.stages)
-    shares = [(d.fusion_share if s.phase == 'fusion' else (1 - d.fusion_share * n_fusion) / (len(self.stages) - n_fusion)) * d.flops_budget
-              for s in self.stages]
-    per_slot = self.B * self.T
-    slot_bytes = math.prod(self.shape) * CACHE_DTYPES[d.cache_dtype].itemsize
-    steps = [1] * len(self.stages)
-    for _ in range(3):  # the cache's size depends on the steps, and its filling cost on the size
-        n_slots = self._slots_per_stage(steps)
-        n_cached = 0 if d.cache == 'none' else n_slots if d.cache_budget is None else min(n_slots, d.cache_budget // slot_bytes)
-        out = []
-        for st, share in zip(self.stages, shares):
-            if st.cacheable and n_cached:
-                filled = st.left if d.fresh_batches else st.left[-1:]  # fresh batches come through the whole frozen left side
-                fill = sum(self.fwd['blocks'][b] for j in filled for b in self.units[j]) * n_cached * per_slot
-                cost = self._step_flops(st, n_cached / n_slots)
-            else: fill, cost = 0, self._step_flops(st)
-            out.append(max(1, int((share - fill) // cost)))
-        steps = out
-    return steps
-
-DepthTrainer._step_flops, DepthTrainer._slots_per_stage, DepthTrainer._slot0, DepthTrainer._plan_steps = _step_flops, _slots_per_stage, _slot0, _plan_steps
-
-# %% ../../nbs/38_train.depth.ipynb #94c43ed4
-def _blocks_of(self:DepthTrainer, j:int) -> list: return [self.rack.blocks[l] for l in self.units[j]]
-
-def _set_blocks(self:DepthTrainer, j:int, blocks:list):
-    "Put `blocks` at unit `j`'s places in the Rack's stacks."
-    starts = [sum(self.rack.cfg.stack_sizes[:i]) for i in range(len(self.rack.cfg.stack_sizes))]
-    for l, b in zip(self.units[j], blocks):
-        s = max(i for i, st in enumerate(starts) if st <= l)
-        self.rack.stacks[s].blocks[l - starts[s]] = b
-
+@patch
 def _trainable_unit(self:DepthTrainer, j:int, st:Stage):
     "Make unit `j` live, fp32 (the policy's storage dtype) and trainable: thawed if it was frozen, built if it does not exist yet."
     if j in self.frozen: blocks = self.frozen.thaw(j)
-    elif any(_is_meta(b) for b in self._blocks_of(j)): blocks = [self.build(l) for l in self.units[j]]
-    else: blocks = self._blocks_of(j)
+    elif any(is_meta(b) for b in self.model.blocks(j)): blocks = [self.build(l) for l in self.units[j]]
+    else: blocks = self.model.blocks(j)
     if self.depth.grow_init == 'zero' and self.model.trained and j not in self.model.trained and st.route != 'alone':
         blocks = [zero_residual_outputs(b) for b in blocks]  # joining a trained model: start as the identity, so that the model is unchanged
     blocks = [cast_model(b, self.policy).to(self.device).requires_grad_(True).train() for b in blocks]
-    self._set_blocks(j, blocks)
+    self.model.set_blocks(j, blocks)
 
+@patch
 def _batch(self:DepthTrainer, slot:int, band, objective:str, seed:int|None=None) -> dict:
     "Batch `slot` of the first epoch (cycling), with its noise: the same every time it is asked for."
     n = len(self.train_data)
     idx = self.train_data.order(0)[(slot % n) * self.B:(slot % n + 1) * self.B]
     blocks = torch.stack([self.train_data.blocks[int(i)] for i in idx])
-    g = torch.Generator().manual_seed(_noise_seed(self.cfg.seed if seed is None else seed, band, slot))
+    g = torch.Generator().manual_seed(noise_seed(self.cfg.seed if seed is None else seed, band, slot))
     d = self.depth
     b = noisy_batch(blocks, objective, band, d.noise_schedule, d.mask_range, d.mask_token_id, self.rack.cfg.vocab_size, g)
     return {k: v.to(self.device) for k, v in b.items()}
 
+@patch
 def _embed(self:DepthTrainer, ids, grad:bool):
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()): return self.rack.embed(ids)[0]
 
+@patch
 def _stage_input(self:DepthTrainer, st:Stage, slot:int, ids, rope):
     "The input of the stage's first trained unit: from the cache, or recomputed through the frozen left side."
     if self._cached(st, slot): return self.cache.get(slot - self._slot0(st)).to(self.rack.tok_emb.weight.dtype)
@@ -356,10 +132,12 @@ def _stage_input(self:DepthTrainer, st:Stage, slot:int, ids, rope):
         self.flops['recompute'] += sum(self.fwd['blocks'][b] for j in st.left for b in self.units[j]) * ids.numel()
     return x
 
+@patch
 def _cached(self:DepthTrainer, st:Stage, slot:int) -> bool:
     "Whether stage `st` reads batch `slot`'s input from the cache."
     return self.cache is not None and st.cacheable and self._cache_stage == st.index and slot - self._slot0(st) in self.cache
 
+@patch
 def _prepare_cache(self:DepthTrainer, st:Stage, objective:str, rope):
     "Bring the cache to the stage's boundary: build it from the (now frozen) embeddings, then advance it one frozen unit at a time (with `fresh_batches`, refilled from the stage's own batches)."
     d, b = self.depth, len(st.left)
@@ -378,6 +156,7 @@ def _prepare_cache(self:DepthTrainer, st:Stage, objective:str, rope):
         self.flops['cache_fill'] += sum(self.fwd['blocks'][l] for l in self.units[j]) * self.cache.n_cached * self.B * self.T
         self.cache.boundary += 1
 
+@patch
 def _train_step(self:DepthTrainer, st:Stage, objective:str, slots:list[int], right:dict, rope, opt, sched, scaler, params) -> dict:
     "One optimizer step of stage `st` on the micro-batches `slots`."
     t0, mem, loss_t, ce, n = time.perf_counter(), [], 0.0, 0.0, 0
@@ -385,7 +164,7 @@ def _train_step(self:DepthTrainer, st:Stage, objective:str, slots:list[int], rig
         b = self._batch(slot, st.band, objective)
         x = self._stage_input(st, slot, b['input_ids'], rope)
         with autocast_ctx(self.policy, self.device):
-            for j in st.train: x = run_blocks(self._blocks_of(j), x, rope)
+            for j in st.train: x = run_blocks(self.model.blocks(j), x, rope)
             for j in st.right:
                 x = checkpoint(run_blocks, right[j], x, rope, use_reentrant=False) if self.depth.checkpoint_frozen else run_blocks(right[j], x, rope)
             logits = head_logits(self.rack, x)
@@ -395,19 +174,13 @@ def _train_step(self:DepthTrainer, st:Stage, objective:str, slots:list[int], rig
         loss_t += loss.item() / len(slots); ce += s.item(); n += int(k)
         cached = self._cached(st, slot)
         self.flops['train'] += stage_flops(st, self.units, self.fwd, self.B * self.T, cached, self.depth.checkpoint_frozen)['total']
-    if scaler: scaler.unscale_(opt)
-    gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or math.inf)
-    lr = opt.param_groups[0]['lr']
-    if scaler: scaler.step(opt); scaler.update()
-    else: opt.step()
-    opt.zero_grad(set_to_none=True); sched.step()
+    lr, gnorm = optimizer_step(opt, sched, scaler, params, self.cfg.grad_clip)
     mem.append(memory_mb(self.device))
-    return dict(loss=loss_t, ce=ce / max(n, 1), lr=lr, grad_norm=gnorm.item(), n_tokens=len(slots) * self.B * self.T,
+    return dict(loss=loss_t, ce=ce / max(n, 1), lr=lr, grad_norm=gnorm, n_tokens=len(slots) * self.B * self.T,
                 step_s=time.perf_counter() - t0, mem_mb=max(mem))
 
-for _f in (_blocks_of, _set_blocks, _trainable_unit, _batch, _embed, _stage_input, _cached, _prepare_cache, _train_step): setattr(DepthTrainer, _f.__name__, _f)
-
 # %% ../../nbs/38_train.depth.ipynb #a262894b
+@patch
 @torch.no_grad()
 def evaluate(self:DepthTrainer, objective:str|None=None) -> dict|None:
     "Validation loss and per-token cross-entropy of the model as it answers now."
@@ -418,7 +191,7 @@ def evaluate(self:DepthTrainer, objective:str|None=None) -> dict|None:
     self.model.eval(); self.rack.causal = objective == 'clm'
     loss, ce, n = 0.0, 0.0, 0
     for v, blocks in enumerate(self._val):
-        g = torch.Generator().manual_seed(_noise_seed(self.cfg.seed + 1, FULL, v))
+        g = torch.Generator().manual_seed(noise_seed(self.cfg.seed + 1, FULL, v))
         b = {k: t.to(self.device) for k, t in noisy_batch(blocks, objective, FULL, d.noise_schedule, d.mask_range, d.mask_token_id,
                                                            self.rack.cfg.vocab_size, g).items()}
         with autocast_ctx(self.policy, self.device): logits = self.model(b['input_ids'], b.get('t'))
@@ -427,9 +200,8 @@ def evaluate(self:DepthTrainer, objective:str|None=None) -> dict|None:
     self.model.train(was)
     return dict(val_loss=loss / len(self._val), val_ce=ce / max(n, 1))
 
-DepthTrainer.evaluate = evaluate
-
 # %% ../../nbs/38_train.depth.ipynb #9c0f1413
+@patch
 def _run_stage(self:DepthTrainer, st:Stage, steps:int):
     "Train one stage for `steps` optimizer steps."
     c, d, rack = self.cfg, self.depth, self.rack
@@ -472,9 +244,9 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
     ev = self.evaluate(objective)
     if ev: self._log(dict(step=self.step, stage=st.index, phase=st.phase, objective=objective, **ev))
     if self.run is not None:
-        for j in st.train: self.frozen.save_master(j, self.units[j], self._blocks_of(j))
+        for j in st.train: self.frozen.save_master(j, self.units[j], self.model.blocks(j))
     if st.freeze:
-        for j in st.train: self._set_blocks(j, self.frozen.freeze(j, self.units[j], self._blocks_of(j)))
+        for j in st.train: self.model.set_blocks(j, self.frozen.freeze(j, self.units[j], self.model.blocks(j)))
         release_host_memory()
     self.done = st.index + 1
     summary = dict(stage=st.index, phase=st.phase, units='+'.join(map(str, st.train)), objective=objective, steps=steps,
@@ -490,34 +262,28 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
     if self.on_stage: self.on_stage(self, st)
     return summary
 
+@patch
 def _log(self:DepthTrainer, row:dict):
     "Send one row (a step, or an evaluation) everywhere it goes."
     self.history.append(row)
-    if self.run is None: return
-    self.run.log_step(**row)
-    if self.cfg.tensorboard:
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(self.run.path/'tensorboard'))
-        for k, v in row.items():
-            if isinstance(v, (int, float)) and k != 'step' and not math.isnan(v): self._tb.add_scalar(k, v, row['step'])
-
-DepthTrainer._run_stage, DepthTrainer._log = _run_stage, _log
+    self.step_log(row)
 
 # %% ../../nbs/38_train.depth.ipynb #6b2a1d1f
+@patch
 def _checkpoint(self:DepthTrainer, st:Stage):
     "Checkpoint the end of stage `st` (with a run folder)."
     if self.run is None: return
     self.run.flush()
     trained = sorted(self.model.trained)
-    shell = {k: v for k, v in self.rack.state_dict().items() if not k.startswith('stacks.')}
+    shell = {k: v for k, v in self.rack.state_dict().items() if not k.startswith('stacks.')}  # the units are files of their own
     state = dict(stage=st.index, step=self.step, tokens=self.tokens, flops=dict(self.flops), rng=rng_state(),
                  trained=torch.tensor(trained, dtype=torch.int64))
     meta = dict(stage=st.index, step=self.step, config_hash=self.config_hash, untied_head=bool(self.untied), format=1,
                 units={f'unit-{j:03d}.safetensors': sha256_file(self.frozen.master_path(j)) for j in trained})
-    ck = save_checkpoint(self.run.path/'checkpoints', f'stage-{st.index:03d}', _Tensors(shell), state, meta)
+    ck = save_checkpoint(self.run.path/'checkpoints', f'stage-{st.index:03d}', shell, state, meta)
     set_pointer(ck.parent, 'latest', ck.name)
 
+@patch
 def _resume(self:DepthTrainer) -> int:
     "Load the latest stage checkpoint of this run; returns the index of the next stage."
     from safetensors.torch import load_file
@@ -529,13 +295,13 @@ def _resume(self:DepthTrainer) -> int:
         p = self.frozen.folder/f
         if not p.exists() or sha256_file(p) != digest:
             raise StackwiseError(f'unit file {p} is missing or does not match the SHA-256 recorded in {ck}: start a new run folder')
-    self.rack.load_state_dict({k.replace('/', '.'): v for k, v in load_file(str(ck/'model.safetensors'), device=str(self.device)).items()}, strict=False)
+    self.rack.load_state_dict({k.replace('/', '.'): v for k, v in load_file(str(ck/'model.safetensors'), device=str(self.device)).items()}, strict=False)  # '/': older checkpoints
     done, trained = st['stage'] + 1, st['trained'].tolist()
     self.frozen.layers.update({j: self.units[j] for j in trained})  # their fp32 weights are on disk: thaw them into the Rack
-    for j in trained: self._set_blocks(j, [cast_model(b, self.policy) for b in self.frozen.thaw(j)])
+    for j in trained: self.model.set_blocks(j, [cast_model(b, self.policy) for b in self.frozen.thaw(j)])
     for j in trained:
         last = max(s.index for s in self.stages[:done] if j in s.train)
-        if self.stages[last].freeze: self._set_blocks(j, self.frozen.freeze(j, self.units[j], self._blocks_of(j)))
+        if self.stages[last].freeze: self.model.set_blocks(j, self.frozen.freeze(j, self.units[j], self.model.blocks(j)))
     self.model.trained, self.model.route = set(trained), self.stages[done - 1].route
     self.step, self.tokens, self.flops, self.done = st['step'], st['tokens'], dict(st['flops']), done
     self.history = self.run.truncate(self.step)
@@ -543,9 +309,8 @@ def _resume(self:DepthTrainer) -> int:
     set_rng_state(st['rng'])
     return done
 
-DepthTrainer._checkpoint, DepthTrainer._resume = _checkpoint, _resume
-
 # %% ../../nbs/38_train.depth.ipynb #e0981f24
+@patch
 def fit(self:DepthTrainer, resume:bool=False, # continue this run folder after its last finished stage
        ) -> dict:
     "Run every stage (after the last finished one, when resuming); returns the final figures."
@@ -554,10 +319,7 @@ def fit(self:DepthTrainer, resume:bool=False, # continue this run folder after i
         if self.run is None: raise StackwiseError('resume=True needs the run folder of the run to continue: pass run=')
         start = self._resume()
     else:
-        ck = self.run.path/'checkpoints' if self.run is not None else None
-        if ck is not None and ck.exists() and any(ck.iterdir()):
-            raise StackwiseError(f'{self.run.path} already has checkpoints: pass resume=True to continue it, or use a new run folder')
-        torch.manual_seed(c.seed); np.random.seed(c.seed); random.seed(c.seed)
+        fresh_start(self.run, c.seed)
         start = 0
     if self.run is not None:
         self.run.log_config(dict(depth=dataclasses.asdict(self.depth), train=dataclasses.asdict(c), model=dataclasses.asdict(self.rack.cfg),
@@ -571,6 +333,7 @@ def fit(self:DepthTrainer, resume:bool=False, # continue this run folder after i
         if self.run is not None: write_json(self.run.path/'stages.json', self.summaries)
     return self._finish(time.perf_counter() - t0)
 
+@patch
 def _finish(self:DepthTrainer, seconds:float) -> dict:
     "Final figures; with a run folder, the chart, `stages.json` and `metrics.json`."
     s = self.summaries
@@ -586,25 +349,14 @@ def _finish(self:DepthTrainer, seconds:float) -> dict:
     if self.run is not None:
         import matplotlib.pyplot as plt
         write_json(self.run.path/'stages.json', s)
-        fig = plot_depth(self.run.steps(), f'{self.depth.mode} {self.depth.curriculum} ({self.depth.objective})')
+        fig = plot_training(self.run.steps(), f'{self.depth.mode} {self.depth.curriculum} ({self.depth.objective})')
         self.run.save_chart(fig, 'training'); plt.close(fig)
-        if self._tb is not None: self._tb.close()
+        self.step_log.close()
         self.run.finish(**out)
     return out
 
-def plot_depth(steps, # metrics.csv rows of a depth-as-time run
-               title:str=''):
-    "The classical training chart (`trainer.plot_training`), with the stage boundaries."
-    steps = steps[steps.step > 0] if 'loss' in steps and steps.loss.notna().any() else steps
-    fig = plot_training(steps, title)
-    if 'stage' in steps:
-        ax = fig.axes[0]
-        for b in steps[steps.loss.notna()].groupby('stage').step.min().iloc[1:]: ax.axvline(b - 0.5, color='k', lw=0.5, alpha=0.3)
-    return fig
-
-DepthTrainer.fit, DepthTrainer._finish = fit, _finish
-
 # %% ../../nbs/38_train.depth.ipynb #6a764a81
+@patch
 def causal_fusion(self:DepthTrainer, steps:int|None=None, # default: the last stage's steps
                  ) -> dict:
     "Train every unit jointly with causal attention on next-token prediction, for autoregressive generation; returns the phase's summary."
@@ -614,13 +366,15 @@ def causal_fusion(self:DepthTrainer, steps:int|None=None, # default: the last st
     if self.run is not None: write_json(self.run.path/'stages.json', self.summaries)
     return out
 
+@patch
 def assemble(self:DepthTrainer) -> Rack:
     "The trained Rack with every unit back in fp32 on the device (frozen units thawed from their exact weights)."
     for j in range(len(self.units)):
-        if j in self.frozen: self._set_blocks(j, [cast_model(b, self.policy) for b in self.frozen.thaw(j)])
+        if j in self.frozen: self.model.set_blocks(j, [cast_model(b, self.policy) for b in self.frozen.thaw(j)])
     self.rack.requires_grad_(False)
     return self.rack
 
+@patch
 def sample(self:DepthTrainer, prompt:torch.Tensor, # [B, P] prompt ids
            length:int, # tokens to add
            steps:int=8, # unmasking rounds
@@ -629,11 +383,10 @@ def sample(self:DepthTrainer, prompt:torch.Tensor, # [B, P] prompt ids
     if self.depth.mask_token_id is None: raise StackwiseError("diffusion sampling needs a mask token: train with objective 'diffusion' or 'mlm'")
     return diffusion_generate(self.model, prompt.to(self.device), length, self.depth.mask_token_id, steps, 'cosine', temperature, generator)
 
+@patch
 def generate_causal(self:DepthTrainer, prompt:torch.Tensor, max_new_tokens:int=32, temperature:float=1.0, top_k:int|None=None,
                     generator:torch.Generator|None=None) -> torch.Tensor:
     "Prompt plus `max_new_tokens` sampled autoregressively (causal attention, KV cache); run `causal_fusion` first."
     if not any(s.phase == 'causal_fusion' for s in self.stages[:self.done]):
         raise StackwiseError('this model was trained with bidirectional attention: run causal_fusion(steps) before generating autoregressively')
     return generate(self.assemble(), prompt.to(self.device), max_new_tokens, temperature, top_k, generator=generator)
-
-DepthTrainer.causal_fusion, DepthTrainer.assemble, DepthTrainer.sample, DepthTrainer.generate_causal = causal_fusion, assemble, sample, generate_causal

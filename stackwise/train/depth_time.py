@@ -16,7 +16,7 @@ from .loop import loss_sum
 
 # %% auto #0
 __all__ = ['DEPTH_OBJECTIVES', 'MASK_RANGE', 'check_mask_range', 'check_band', 'noise_bands', 'unit_of_time', 'band_times',
-           'mask_time', 'noisy_batch', 'objective_loss']
+           'mask_time', 'noise_seed', 'noisy_batch', 'objective_loss']
 
 # %% ../../nbs/35_train.depth_time.ipynb #b4f69b37
 DEPTH_OBJECTIVES = ('clm', 'mlm', 'diffusion')
@@ -75,6 +75,10 @@ def mask_time(ratio, # masking ratio(s)
     return t.clamp(0, 1)
 
 # %% ../../nbs/35_train.depth_time.ipynb #63fda0a7
+def noise_seed(seed:int, band, slot:int) -> int:
+    "The seed of batch `slot`'s noise in `band`: the same batch gets the same noise whenever it is made again (a cache refill, a resume)."
+    return (seed * 1_000_003 + slot * 10_007 + round(band[0] * 1e6) * 31 + round(band[1] * 1e6)) % 2**63
+
 def noisy_batch(blocks:torch.Tensor, # [B, T + 1] token blocks
                 objective:str='diffusion', # clm | mlm | diffusion
                 band=(0.0, 1.0), # the diffusion-time band the noise is drawn from

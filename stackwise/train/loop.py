@@ -4,10 +4,11 @@
 
 # %% ../../nbs/32_train.loop.ipynb #9bf091a1
 from __future__ import annotations
-import dataclasses, hashlib, json, math
+import dataclasses, hashlib, json, math, random
 from dataclasses import dataclass
 from itertools import islice
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -17,7 +18,8 @@ from .dtypes import dtype_policy
 
 # %% auto #0
 __all__ = ['OBJECTIVES', 'LM_OBJECTIVES', 'LR_SCHEDULES', 'UNHASHED', 'TrainConfig', 'lr_factor', 'loss_sum', 'n_targets',
-           'hashed_recipe', 'config_hash', 'param_groups', 'no_accelerator', 'first_batches', 'output_logits']
+           'hashed_recipe', 'config_hash', 'param_groups', 'no_accelerator', 'first_batches', 'output_logits',
+           'optimizer_step', 'StepLog', 'fresh_start', 'plot_training']
 
 # %% ../../nbs/32_train.loop.ipynb #c2e6d65b
 OBJECTIVES = ('clm', 'mlm', 'multi_cls', 'single_cls', 'regression', 'token_cls', 'span_qa')
@@ -132,3 +134,71 @@ def output_logits(out) -> torch.Tensor:
     if not isinstance(out, dict): return out  # HF outputs are dicts too
     if 'start_logits' in out: return torch.stack([out['start_logits'], out['end_logits']], -1)
     return out['logits']
+
+# %% ../../nbs/32_train.loop.ipynb #942dd939
+def optimizer_step(opt, sched, scaler, # the optimizer, its schedule, and a `GradScaler` or None
+                   params, grad_clip:float|None) -> tuple[float, float]:
+    "Unscale, clip the gradient norm of `params`, step, zero the gradients, advance the schedule; returns (this step's learning rate, the norm before clipping)."
+    if scaler: scaler.unscale_(opt)
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
+    lr = opt.param_groups[0]['lr']
+    if scaler: scaler.step(opt); scaler.update()
+    else: opt.step()
+    opt.zero_grad(set_to_none=True)
+    sched.step()
+    return lr, gnorm.item()
+
+class StepLog:
+    "Where a training run's rows go besides its history: `metrics.csv`, TensorBoard and W&B as `cfg` asks (nothing without a run folder, or off the main process)."
+    def __init__(self, run, # a `Run`, or None
+                 cfg:TrainConfig, main:bool=True):
+        self.run, self.cfg, self.on, self._tb = run, cfg, run is not None and main, None
+
+    def __call__(self, row:dict):
+        if not self.on: return
+        self.run.log_step(**row)
+        if self.cfg.tensorboard:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.run.path/'tensorboard'))
+            for k, v in row.items():
+                if k != 'step' and isinstance(v, (int, float)) and not math.isnan(v): self._tb.add_scalar(k, v, row['step'])
+        if self.cfg.wandb: self.wandb().log(row, step=row['step'])
+
+    def wandb(self):
+        "The `wandb` module, its run started in this run folder."
+        try: import wandb
+        except ImportError: raise StackwiseError('wandb=True needs Weights & Biases: pip install wandb (or leave wandb off)') from None
+        if wandb.run is None: wandb.init(project='stackwise', dir=str(self.run.path), name=self.run.run_id, config=dataclasses.asdict(self.cfg))
+        return wandb
+
+    def close(self):
+        if self._tb is not None: self._tb.close(); self._tb = None
+
+def fresh_start(run, seed:int):
+    "Refuse a run folder that has checkpoints already (resume it, or use a new one), then seed Python's, NumPy's and torch's random streams."
+    ck = run.path/'checkpoints' if run is not None else None
+    if ck is not None and ck.exists() and any(ck.iterdir()):
+        raise StackwiseError(f'{run.path} already has checkpoints: pass resume=True to continue it, or use a new run folder')
+    torch.manual_seed(seed); np.random.seed(seed); random.seed(seed)
+
+def plot_training(steps, # metrics.csv rows: step, loss, optional val_loss, lr and (depth-as-time) stage
+                  title:str=''):
+    "Training (and validation) loss by step, learning rate on a second axis, a depth-as-time run's stage boundaries as thin lines."
+    import matplotlib.pyplot as plt
+    if 'loss' in steps and steps.loss.notna().any(): steps = steps[steps.step > 0]  # step 0: the evaluation before any training
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(steps.step, steps.loss, lw=1, label='train loss')
+    if 'val_loss' in steps and steps.val_loss.notna().any():
+        v = steps[steps.val_loss.notna()]
+        ax.plot(v.step, v.val_loss, 'o-', ms=3, label='val loss')
+        best = v.loc[v.val_loss.idxmin()]
+        ax.axvline(best.step, color='grey', ls=':', lw=1, label=f'best val {best.val_loss:.3f} @ {int(best.step)}')
+    if 'stage' in steps:
+        for b in steps[steps.loss.notna()].groupby('stage').step.min().iloc[1:]: ax.axvline(b - 0.5, color='k', lw=0.5, alpha=0.3)
+    ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(title)
+    if 'lr' in steps:
+        ax2 = ax.twinx(); ax2.plot(steps.step, steps.lr, color='tab:green', lw=0.8, alpha=0.6); ax2.set_ylabel('lr', color='tab:green')
+    ax.legend(loc='upper right', fontsize=8)
+    fig.tight_layout()
+    return fig

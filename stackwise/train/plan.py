@@ -17,7 +17,8 @@ from ..core import StackwiseError
 from ..hardware import DATASHEET_TFLOPS
 from ..models.counting import count_parameters, flops_per_token, forward_flops
 from ..models.rack import Rack
-from .cache import CACHE_DTYPES, FROZEN_DTYPES, check_choice
+from .cache import CACHE_DTYPES, check_choice
+from ..models.quant import FROZEN_DTYPES
 from .curricula import plan_stages, stage_flops, unit_blocks
 from .dtypes import dtype_policy
 

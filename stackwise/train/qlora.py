@@ -7,37 +7,10 @@ from __future__ import annotations
 import torch
 
 from ..core import StackwiseError
+from ..models.quant import quantize_nf4
 
 # %% auto #0
-__all__ = ['quantize_nf4', 'add_lora', 'qlora', 'trainable_fraction']
-
-# %% ../../nbs/34_train.qlora.ipynb #62196d8d
-def _dense(layer) -> tuple|None:
-    "(weight [out, in], bias) of an `nn.Linear` or of transformers' `Conv1D` (GPT-2's, which keeps its weight as [in, out]); None otherwise."
-    if type(layer) is torch.nn.Linear: return layer.weight.data, layer.bias
-    if type(layer).__name__ == 'Conv1D' and type(layer).__module__.startswith('transformers.'): return layer.weight.data.t(), layer.bias
-    return None
-
-def quantize_nf4(model:torch.nn.Module, # a Rack or an HF model (nn.Linear projections, or GPT-2's Conv1D)
-                 skip:tuple=('lm_head',), # Linear layers whose name contains one of these stay as they are
-                 compute_dtype:torch.dtype=torch.bfloat16, # the dtype the dequantized matmuls run in
-                ) -> torch.nn.Module:
-    "Replace the model's `nn.Linear` layers (in place) by frozen bitsandbytes nf4 `Linear4bit` layers with the same weights."
-    import bitsandbytes as bnb
-    n = 0
-    for name, mod in list(model.named_modules()):
-        for cname, child in list(mod.named_children()):
-            full = f'{name}.{cname}' if name else cname
-            wb = _dense(child)
-            if wb is None or any(s in full for s in skip): continue
-            w, b = wb
-            q = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=b is not None, compute_dtype=compute_dtype, quant_type='nf4', device=w.device)
-            q.weight = bnb.nn.Params4bit(w.float().contiguous(), requires_grad=False, quant_type='nf4').to(w.device)
-            if b is not None: q.bias = torch.nn.Parameter(b.data.clone(), requires_grad=False)
-            setattr(mod, cname, q); n += 1
-    if n == 0: raise StackwiseError('no nn.Linear (or transformers Conv1D) layer to quantize: quantize_nf4 replaces dense projections; '
-                                    'this model has none outside `skip`')
-    return model
+__all__ = ['add_lora', 'qlora', 'trainable_fraction']
 
 # %% ../../nbs/34_train.qlora.ipynb #183f952b
 def add_lora(model:torch.nn.Module, r:int=8, alpha:int=16, dropout:float=0.0,

@@ -4,12 +4,12 @@
 
 # %% ../../nbs/33_train.trainer.ipynb #dc5f645b
 from __future__ import annotations
-import dataclasses, math, random, time
+import dataclasses, math, time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from ..models.attention import use_fast_attention
@@ -19,11 +19,12 @@ from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_op
 from ..hardware import peak_memory_mb
 from ..runs import Run
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state
-from .loop import (LM_OBJECTIVES, TrainConfig, config_hash, first_batches, hashed_recipe, loss_sum, lr_factor, n_targets, no_accelerator, output_logits, param_groups)
+from .loop import (LM_OBJECTIVES, StepLog, TrainConfig, config_hash, first_batches, fresh_start, hashed_recipe, loss_sum, lr_factor,
+                                  n_targets, no_accelerator, optimizer_step, output_logits, param_groups, plot_training)
 from ..models.counting import model_flops_per_token
 
 # %% auto #0
-__all__ = ['Trainer', 'batches', 'train_step', 'evaluate', 'save', 'resume', 'plot_training', 'fit']
+__all__ = ['Trainer']
 
 # %% ../../nbs/33_train.trainer.ipynb #f600dcca
 class Trainer:
@@ -57,7 +58,8 @@ class Trainer:
             vocab = getattr(getattr(model, 'cfg', None), 'vocab_size', None) or model.config.vocab_size
             self.collate = CLMCollator() if c.objective == 'clm' else MLMCollator(c.mask_token_id, vocab)
         self.step, self.tokens, self.best_val, self.best_step, self.bad_evals = 0, 0, math.inf, None, 0
-        self.history, self._fpt, self._tb, self._val = [], flops_per_token, None, None
+        self.history, self._fpt, self._val = [], flops_per_token, None
+        self.step_log = StepLog(run, c, main=self.acc.is_main_process)
 
     @property
     def config_hash(self) -> str:
@@ -67,8 +69,8 @@ class Trainer:
         shapes = {n: list(p.shape) for n, p in self.module.state_dict().items()}
         return config_hash(recipe=hashed_recipe(self.cfg), model=model, shapes=shapes, world=self.world)
 
-
 # %% ../../nbs/33_train.trainer.ipynb #4d099a41
+@patch
 def batches(self:Trainer, blocks:list) -> list[dict]:
     "Collate a step's global micro-batches together, split them again, keep this process's rows, move them to the device."
     if self.collate is None:  # classification: the loader's batches are collated already
@@ -81,11 +83,13 @@ def batches(self:Trainer, blocks:list) -> list[dict]:
         out.append(b)
     return out
 
+@patch
 def _logits(self:Trainer, b:dict):
     with autocast_ctx(self.policy, self.acc.device):
         out = self.model(input_ids=b['input_ids'], **({'attention_mask': b['attention_mask']} if 'attention_mask' in b else {}))
     return output_logits(out)
 
+@patch
 def _global_sum(self:Trainer, x:torch.Tensor) -> torch.Tensor:
     return self.acc.reduce(x, 'sum') if self.world > 1 else x
 
@@ -94,6 +98,7 @@ def _inputs(block) -> tuple[int, int]:
     x = block['input_ids'] if isinstance(block, dict) else block[:, :-1]
     return x.numel(), x.shape[1]
 
+@patch
 def train_step(self:Trainer, blocks:list) -> dict:
     "One optimizer step on `grad_accum` micro-batches of token blocks (or collated batches); returns its metrics."
     self.model.train()
@@ -106,16 +111,11 @@ def train_step(self:Trainer, blocks:list) -> dict:
             loss = ls * (self.world / n)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         total += ls.detach()
-    if self.scaler: self.scaler.unscale_(self.opt)
-    gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip or math.inf)
-    lr = self.opt.param_groups[0]['lr']
-    if self.scaler: self.scaler.step(self.opt); self.scaler.update()
-    else: self.opt.step()
-    self.opt.zero_grad(set_to_none=True)
-    self.sched.step()
-    return dict(loss=(self._global_sum(total) / n).item(), lr=lr, grad_norm=gnorm.item(), n_targets=int(n.item()),
+    lr, gnorm = optimizer_step(self.opt, self.sched, self.scaler, self.module.parameters(), self.cfg.grad_clip)
+    return dict(loss=(self._global_sum(total) / n).item(), lr=lr, grad_norm=gnorm, n_targets=int(n.item()),
                 n_tokens=sum(_inputs(b)[0] for b in blocks))  # input tokens of the global batch
 
+@patch
 @torch.no_grad()
 def evaluate(self:Trainer) -> float|None:
     "Mean loss per target over the fixed validation batches (RNG forked: evaluation never shifts training's random stream)."
@@ -130,11 +130,11 @@ def evaluate(self:Trainer) -> float|None:
             s += loss_sum(self._logits(b), b['labels'], self.cfg.objective); n += n_targets(b['labels'], self.cfg.objective)
     return (self._global_sum(s) / self._global_sum(n)).item()
 
-Trainer.batches, Trainer._logits, Trainer._global_sum, Trainer.train_step, Trainer.evaluate = batches, _logits, _global_sum, train_step, evaluate
-
 # %% ../../nbs/33_train.trainer.ipynb #34f4b53e
+@patch
 def _ckpt_dir(self:Trainer) -> Path|None: return self.run.path/'checkpoints' if self.run is not None else None
 
+@patch
 def save(self:Trainer, *pointers:str) -> Path|None:
     "Checkpoint the current step (main process only) and point `pointers` at it."
     if self.run is None or not self.acc.is_main_process: return None
@@ -148,6 +148,7 @@ def save(self:Trainer, *pointers:str) -> Path|None:
     for p in pointers: set_pointer(ck.parent, p, ck.name)
     return ck
 
+@patch
 def resume(self:Trainer, path:str|Path|None=None, # a checkpoint, checkpoints or run folder (default: this run's latest)
           ) -> int:
     "Load the weights and full training state of a checkpoint; returns its step."
@@ -172,66 +173,31 @@ def resume(self:Trainer, path:str|Path|None=None, # a checkpoint, checkpoints or
     set_rng_state(st['rng'])  # last: nothing above may draw from the restored streams
     return self.step
 
-Trainer._ckpt_dir, Trainer.save, Trainer.resume = _ckpt_dir, save, resume
-
 # %% ../../nbs/33_train.trainer.ipynb #2b047e31
-def plot_training(steps, # metrics.csv rows: step, loss, optional val_loss and lr
-                  title:str=''):
-    "Training (and validation) loss by step, learning rate on a second axis."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(steps.step, steps.loss, lw=1, label='train loss')
-    if 'val_loss' in steps and steps.val_loss.notna().any():
-        v = steps[steps.val_loss.notna()]
-        ax.plot(v.step, v.val_loss, 'o-', ms=3, label='val loss')
-        best = v.loc[v.val_loss.idxmin()]
-        ax.axvline(best.step, color='grey', ls=':', lw=1, label=f'best val {best.val_loss:.3f} @ {int(best.step)}')
-    ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(title)
-    if 'lr' in steps:
-        ax2 = ax.twinx(); ax2.plot(steps.step, steps.lr, color='tab:green', lw=0.8, alpha=0.6); ax2.set_ylabel('lr', color='tab:green')
-    ax.legend(loc='upper right', fontsize=8)
-    fig.tight_layout()
-    return fig
-
+@patch
 def _log(self:Trainer, row:dict, bar):
     "Send one step's metrics everywhere they go."
     self.history.append(row)
     if bar is not None:
         bar.update(1); bar.set_postfix(loss=f'{row["loss"]:.4f}', tok_s=f'{row["tokens_per_s"]:,.0f}', refresh=False)
-    if self.run is None or not self.acc.is_main_process: return
-    self.run.log_step(**row)
-    if self.cfg.tensorboard:
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(self.run.path/'tensorboard'))
-        for k, v in row.items():
-            if k != 'step' and v is not None and not (isinstance(v, float) and math.isnan(v)): self._tb.add_scalar(k, v, row['step'])
-    if self.cfg.wandb: self._wandb().log(row, step=row['step'])
+    self.step_log(row)
 
-def _wandb(self:Trainer):
-    try: import wandb
-    except ImportError: raise StackwiseError('wandb=True needs Weights & Biases: pip install wandb (or leave wandb off)') from None
-    if wandb.run is None: wandb.init(project='stackwise', dir=str(self.run.path), name=self.run.run_id, config=dataclasses.asdict(self.cfg))
-    return wandb
-
+@patch
 def _mfu(self:Trainer, tokens_per_s:float, seq_len:int) -> float|None:
     if not self.cfg.mfu: return None
     from stackwise.hardware import dtype_key, peak_tflops
     if self._fpt is None: self._fpt = model_flops_per_token(self.module, seq_len)
     return tokens_per_s / self.world * self._fpt / (peak_tflops(dtype_key(self.policy.compute_dtype), self.acc.device) * 1e12)
 
-Trainer._log, Trainer._wandb, Trainer._mfu = _log, _wandb, _mfu
-
 # %% ../../nbs/33_train.trainer.ipynb #e1963a7f
+@patch
 def fit(self:Trainer, resume:bool|str|Path=False, # True: this run's latest checkpoint; a path: that checkpoint
        ) -> dict:
     "Train to `max_steps` (or early stop); returns the final metrics."
     c = self.cfg
     if resume: self.resume(None if resume is True else resume)
     else:
-        if self._ckpt_dir() is not None and self._ckpt_dir().exists() and any(self._ckpt_dir().iterdir()):
-            raise StackwiseError(f'{self.run.path} already has checkpoints: pass resume=True to continue it, or use a new run folder')
-        torch.manual_seed(c.seed); np.random.seed(c.seed); random.seed(c.seed)
+        fresh_start(self.run, c.seed)
     if self.run is not None and self.acc.is_main_process:
         self.run.log_config(dict(train=dataclasses.asdict(c), config_hash=self.config_hash, world=self.world))
     it = iter(self.train_data)
@@ -263,6 +229,7 @@ def fit(self:Trainer, resume:bool|str|Path=False, # True: this run's latest chec
     self.save('latest', 'final')
     return self._finish(stopped, time.perf_counter() - t_start)
 
+@patch
 def _finish(self:Trainer, stopped:bool, seconds:float) -> dict:
     "Chart and `metrics.json` (main process), and the final figures."
     import pandas as pd
@@ -277,8 +244,6 @@ def _finish(self:Trainer, stopped:bool, seconds:float) -> dict:
         import matplotlib.pyplot as plt
         fig = plot_training(self.run.steps(), f'{self.run.experiment} {self.policy.name}')
         self.run.save_chart(fig, 'training'); plt.close(fig)
-        if self._tb is not None: self._tb.close()
+        self.step_log.close()
         self.run.finish(**out)
     return out
-
-Trainer.fit, Trainer._finish = fit, _finish
