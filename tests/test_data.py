@@ -10,7 +10,8 @@ import torch
 
 from stackwise.core import StackwiseError
 from stackwise.data import sources as sd
-from stackwise.data.collators import (IGNORE, ClassificationCollator, CLMCollator, MaskDiffusionCollator, MLMCollator, NERCollator, SpanQACollator, diffusion_loss)
+from stackwise.data.collators import IGNORE, ClassificationCollator, CLMCollator, MaskDiffusionCollator, MLMCollator, NERCollator, SpanQACollator
+from stackwise.train.losses import diffusion_loss
 from stackwise.data.masking import NOISE_SCHEDULES, elbo_weight, mask_ratio
 from stackwise.data.packing import BlockLoader, TokenBlocks, load_tokens, pack_tokens, packed_corpus, stream_blocks
 from stackwise.data.tokenization import ByteTokenizer, bits_per_byte, get_tokenizer, train_bpe, utf8_bytes

@@ -21,7 +21,8 @@ from ..hardware import device_info, resolve_device
 from ..models.counting import model_flops_per_token
 from ..runs import Run, capture_env, check_name
 from ..train.dtypes import DtypePolicy
-from ..train.loop import LM_OBJECTIVES, TrainConfig, first_batches, loss_sum, n_targets
+from ..train.loop import LM_OBJECTIVES, TrainConfig, first_batches
+from ..train.losses import loss_sum, n_targets
 from ..train.trainer import Trainer
 
 # %% auto #0

@@ -16,6 +16,7 @@ from ..core import StackwiseError
 from ..runs import Run
 from .gpu import PARTS, Context, part
 from .llama70b import llama_config, planned_seconds, plot_layers
+from ..train.losses import token_loss
 
 # %% auto #0
 __all__ = ['TRAINER_GPU', 'TRAINER_DRY', 'DTYPE_CONFIG_ORDER', 'PLAN_CHECK_GPU', 'PLAN_CHECK_DRY', 'hardware_part',
@@ -108,7 +109,7 @@ def llama70b_part(ctx:Context, run:Run, shape:str, seq_len:int, batch_size:int, 
     @torch.no_grad()
     def heldout(model) -> float:
         with autocast_ctx(policy, ctx.device):
-            return float(np.mean([F.cross_entropy(model(b[:, :-1]).float().flatten(0, 1), b[:, 1:].flatten()).item() for b in held]))
+            return float(np.mean([token_loss(model(b[:, :-1]), b[:, 1:]).item() for b in held]))
     rack = r['rack'].eval()
     rack.causal = True
     prompt = torch.tensor([list(b'ROMEO:\n')], device=ctx.device)

@@ -17,27 +17,12 @@ from ..core import StackwiseError
 from ..data.sources import lm_texts
 from ..models.rack import Rack
 from ..models.counting import count_parameters
+from ..models.protocol import LogitsLM
 
 # %% auto #0
-__all__ = ['LogitsLM', 'study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config', 'match_parameters',
+__all__ = ['study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config', 'match_parameters',
            'build_study_model', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves',
            'plot_seed_bars', 'study_header', 'compare_models', 'named_verdict', 'tests_table', 'study_page']
-
-# %% ../../nbs/54_bench.studies.ipynb #0a3c95d4
-class LogitsLM(nn.Module):
-    "A model called as `model(idx, targets)` that returns `(logits, loss)` (BackpackLM, StandardTransformerLM, BDH), seen by the trainer and the scorers as a causal LM that returns logits."
-    causal = True  # `scoring.is_causal_lm` reads this
-    def __init__(self, model:nn.Module):
-        super().__init__()
-        self.model, self.cfg = model, model.cfg
-
-    def forward(self, input_ids, # [B, T] token ids
-                attention_mask=None, # packed blocks only: an all-ones mask or None
-               ):
-        "Logits [B, T, vocab_size]."
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise StackwiseError(f'{type(self.model).__name__} has no padding mask: train and score it on packed blocks (no padding)')
-        return self.model(input_ids)[0]
 
 # %% ../../nbs/54_bench.studies.ipynb #8168853f
 def study_tokenizer(name:str, # "bytes" or "bpe:<vocab size>" (trained on the training texts, cached)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50_bench.timing.ipynb #824702e7
 from __future__ import annotations
-import math, statistics, time
+import math, time
 from typing import Callable
 
 import numpy as np
@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from ..core import StackwiseError
 from ..train.dtypes import autocast_ctx
+from ..train.losses import token_loss
+from ..models.protocol import output_logits
 
 # %% auto #0
 __all__ = ['autocast_for', 'lm_train_step', 'compare_throughput', 'paired_ratios', 'plot_throughput', 'stackwise_step_ends',
@@ -32,9 +34,7 @@ def lm_train_step(model, # returns logits, or an HF output with `.logits`
     x, y = batch[:, :-1], batch[:, 1:]
     def step():
         with autocast_for(dtype, batch.device):
-            out = model(x)
-            logits = out.logits if hasattr(out, 'logits') else out
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            loss = token_loss(output_logits(model(x)), y)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         return loss.item()
     return step

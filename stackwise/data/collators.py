@@ -16,8 +16,8 @@ from .masking import NOISE_SCHEDULES, elbo_weight, mask_ratio, mlm_mask
 from .tokenization import Tokenizer
 
 # %% auto #0
-__all__ = ['IGNORE', 'pad', 'token_loss', 'CLMCollator', 'MLMCollator', 'MaskDiffusionCollator', 'diffusion_loss',
-           'ClassificationCollator', 'char_span_to_tokens', 'SpanQACollator', 'word_ids', 'NERCollator']
+__all__ = ['IGNORE', 'pad', 'CLMCollator', 'MLMCollator', 'MaskDiffusionCollator', 'ClassificationCollator',
+           'char_span_to_tokens', 'SpanQACollator', 'word_ids', 'NERCollator']
 
 # %% ../../nbs/14_data.collators.ipynb #1885afcd
 IGNORE = -100
@@ -32,10 +32,6 @@ def pad(seqs, # lists or 1-d tensors of token ids
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs): ids[i, :len(s)], mask[i, :len(s)] = s, 1
     return ids, mask
-
-def token_loss(logits, labels) -> torch.Tensor:
-    "Mean cross-entropy over the positions that have a label."
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
 # %% ../../nbs/14_data.collators.ipynb #b25814bb
 class CLMCollator:
@@ -88,12 +84,6 @@ class MaskDiffusionCollator:
         return dict(input_ids=ids.masked_fill(masked, self.mask_token_id), attention_mask=mask,
                     labels=ids.masked_fill(~masked, IGNORE), t=t, mask_ratio=ratio,
                     weight=elbo_weight(t, self.schedule, self.lo, self.hi))
-
-def diffusion_loss(logits, labels, weight, attention_mask=None) -> torch.Tensor:
-    "The masked-diffusion ELBO estimate: per sequence, weight x summed masked cross-entropy / length; batch mean."
-    ce = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction='none')  # [B, T]
-    length = attention_mask.sum(1) if attention_mask is not None else torch.full((len(labels),), labels.shape[1])
-    return (weight * ce.sum(1) / length.clamp(min=1)).mean()
 
 # %% ../../nbs/14_data.collators.ipynb #0daf15c5
 class ClassificationCollator:

@@ -14,7 +14,7 @@ from ..core import StackwiseError
 from ..data.collators import IGNORE, ClassificationCollator, NERCollator, SpanQACollator
 from .harness import task_label, load_model
 from .metrics import accuracy, correlations, entity_f1, squad_metric
-from ..train.loop import output_logits
+from ..models.protocol import is_rack, max_length, output_logits
 
 # %% auto #0
 __all__ = ['FINETUNE_TASKS', 'FinetuneTask', 'get_finetune_task', 'finetune_rows', 'task_model', 'best_span', 'predict_spans',
@@ -191,7 +191,6 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
     from stackwise.models.counting import model_flops_per_token
     from stackwise.data.packing import BlockLoader
     from stackwise.runs import start_run
-    from stackwise.eval.scoring import max_length
     from stackwise.train.loop import TrainConfig
     from stackwise.train.trainer import Trainer
     t = get_finetune_task(task)
@@ -200,7 +199,7 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
     if limit: evals = evals[:limit]
     torch.manual_seed(seed)
     model, tok, pool = task_model(model_spec, t, tokenizer, device, pooling, dropout)
-    max_len = min(max_len, max_length(getattr(model, 'rack', model)))  # rows are cut to what the positions cover
+    max_len = min(max_len, max_length(model))  # rows are cut to what the positions cover
     coll = _collator(t, tok, max_len, bos=pool == 'cls', stride=doc_stride)
     n_train, n_eval = len(train), len(evals)
     if t.head == 'span': train = coll.expand(train)  # one training row per context window; scoring takes the best window
@@ -211,11 +210,11 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
     run = start_run('finetune', cfg, root=results)
     tc = TrainConfig(max_steps=steps, lr=lr, warmup_steps=warmup_steps if warmup_steps is not None else max(1, steps // 10),
                      weight_decay=0.01, beta2=0.999, objective=t.objective, dtype=dtype, seed=seed, eval_every=eval_every,
-                     progress=progress, tensorboard=tensorboard, mfu=hasattr(model, 'rack'))
+                     progress=progress, tensorboard=tensorboard, mfu=is_rack(model))
     try:
         trainer = Trainer(model, BlockLoader(train, batch_size, seed=seed, collate=coll), tc, run=run,
                           val_data=BlockLoader(coll.expand(evals) if t.head == 'span' else evals, min(batch_size, len(evals)), shuffle=False, collate=coll) if eval_every else None,
-                          flops_per_token=model_flops_per_token(model, max_len) if hasattr(model, 'rack') else None)
+                          flops_per_token=model_flops_per_token(model, max_len) if is_rack(model) else None)
         t0 = time.perf_counter()
         fit = trainer.fit()
         train_s = time.perf_counter() - t0

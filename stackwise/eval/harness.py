@@ -13,7 +13,8 @@ import torch
 
 from ..core import StackwiseError
 from .metrics import accuracy, bleu, correlations, rouge_l, squad_metric
-from .scoring import continuation_logprobs, greedy_continuation, is_causal_lm, lm_logits, max_length, multiple_choice, text_perplexity
+from .scoring import continuation_logprobs, greedy_continuation, lm_logits, multiple_choice, text_perplexity
+from ..models.protocol import is_causal_lm, is_rack, max_length, model_config, model_device
 
 # %% auto #0
 __all__ = ['TASKS', 'SCORES', 'Task', 'task_label', 'get_task', 'evaluate_task', 'tokenizer_for', 'load_model', 'evaluate']
@@ -82,8 +83,8 @@ def _sentence_embeddings(model, tokenizer, texts:list[str]) -> torch.Tensor:
     from stackwise.models.heads import embed
     out = []
     for t in texts:
-        ids = torch.tensor([tokenizer.encode([t])[0][:max_length(model)]], device=next(model.parameters()).device)
-        if hasattr(model, 'hidden'): out.append(embed(model, ids)[0])
+        ids = torch.tensor([tokenizer.encode([t])[0][:max_length(model)]], device=model_device(model))
+        if is_rack(model): out.append(embed(model, ids)[0])
         else: out.append(torch.nn.functional.normalize(model(input_ids=ids, output_hidden_states=True).hidden_states[-1].mean(1)[0].float(), dim=-1))
     return torch.stack(out)
 
@@ -140,7 +141,7 @@ def tokenizer_for(model, tokenizer):
     "The tokenizer to score `model` with: `tokenizer` (an object or a name), bytes for a byte-vocabulary Rack, else its family's."
     from stackwise.data.tokenization import ByteTokenizer, get_tokenizer
     if tokenizer is not None: return get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    cfg = getattr(model, 'cfg', None)
+    cfg = model_config(model) if is_rack(model) else None
     if cfg is not None and cfg.vocab_size == ByteTokenizer().vocab_size: return ByteTokenizer()
     return get_tokenizer(cfg)
 

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from ..core import StackwiseError
 from .harness import load_model
-from .scoring import continuation_logprobs, greedy_continuation, max_length, perplexity
+from .scoring import continuation_logprobs, greedy_continuation, perplexity
+from ..models.protocol import max_length
 
 # %% auto #0
 __all__ = ['StackwiseLM']

@@ -11,31 +11,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..core import StackwiseError
+from ..models.protocol import is_causal_lm, is_rack, max_length, model_device, output_logits
 
 # %% auto #0
-__all__ = ['lm_logits', 'is_causal_lm', 'max_length', 'token_logprobs', 'perplexity', 'text_perplexity', 'continuation_logprobs',
-           'multiple_choice', 'greedy_continuation', 'elbo_nll']
+__all__ = ['lm_logits', 'token_logprobs', 'perplexity', 'text_perplexity', 'continuation_logprobs', 'multiple_choice',
+           'greedy_continuation', 'elbo_nll']
 
 # %% ../../nbs/41_eval.scoring.ipynb #259aec06
 def lm_logits(model, input_ids:torch.Tensor) -> torch.Tensor:
-    "Logits [B, T, V] of a Rack or an HF LM."
-    out = model(input_ids=input_ids)
-    return (out.logits if hasattr(out, 'logits') else out).float()
-
-def is_causal_lm(model) -> bool:
-    "Whether `model` predicts the next token (Racks: their current attention mode; HF: decoder LMs)."
-    if hasattr(model, 'causal') and not hasattr(model, 'config'): return bool(model.causal)
-    name = type(model).__name__
-    return bool(getattr(model.config, 'is_decoder', False)) or name.endswith(('ForCausalLM', 'LMHeadModel'))
-
-def max_length(model) -> int:
-    "The longest input the model takes (its position table)."
-    cfg = getattr(model, 'cfg', None) or model.config
-    for k in ('max_seq_len', 'n_positions', 'max_position_embeddings'):
-        if getattr(cfg, k, None): return int(getattr(cfg, k))
-    raise StackwiseError(f'cannot tell the context length of {type(model).__name__}: pass max_len')
-
-def _device(model) -> torch.device: return next(model.parameters()).device
+    "Logits [B, T, V] (fp32) of a Rack, an HF LM or a `LogitsLM`."
+    return output_logits(model(input_ids=input_ids)).float()
 
 # %% ../../nbs/41_eval.scoring.ipynb #e35ce7e4
 def _windows(N:int, max_len:int, stride:int) -> list[tuple[int, int, int]]:
@@ -63,7 +48,7 @@ def token_logprobs(model, ids, # a causal LM; token ids [N]
     if not 0 < stride <= max_len: raise StackwiseError(f'stride {stride} must be in 1..max_len ({max_len})')
     model.eval()
     logp, greedy = torch.full((len(ids) - 1,), math.nan, dtype=torch.float64), torch.zeros(len(ids) - 1, dtype=torch.bool)
-    wins, dev, groups = _windows(len(ids), max_len, stride), _device(model), {}
+    wins, dev, groups = _windows(len(ids), max_len, stride), model_device(model), {}
     for w in wins: groups.setdefault(w[1] - w[0], []).append(w)  # windows of equal length go through together
     bar = tqdm(total=len(wins), desc='scoring', disable=not progress)
     for L, ws in groups.items():
@@ -125,7 +110,7 @@ def continuation_logprobs(model, tokenizer, pairs:list[tuple[str, str]], # (cont
                           masked_scoring:str='pll', # masked LMs: pll (pseudo-log-likelihood) | elbo (the diffusion ELBO, a bound on the true log-likelihood)
                           n_samples:int=16) -> list[dict]: # elbo: Monte Carlo samples per continuation
     "Log-probability of each continuation given its context: `logprob`, `greedy` (every token the argmax), `n_tokens`, `n_bytes`, `scoring`.\n\n    A masked LM scores at most the last `max_len` tokens of a continuation (a window's worth)."
-    causal, dev, out = is_causal_lm(model), _device(model), []
+    causal, dev, out = is_causal_lm(model), model_device(model), []
     max_len = max_len or max_length(model)
     if not causal:
         mask_token_id = mask_token_id if mask_token_id is not None else getattr(tokenizer, 'mask_token_id', None)
@@ -182,8 +167,8 @@ def greedy_continuation(model, tokenizer, prompt:str, # a causal LM (Rack or HF)
     if room < 1: raise StackwiseError(f'{max_new_tokens} new tokens leave no room for a prompt in a {max_length(model)}-token window: ask for fewer')
     ids = tokenizer.encode([prompt])[0]
     ids = (ids[-room:] if keep == 'end' else ids[:room]) + (tokenizer.encode([suffix])[0] if suffix else [])
-    x = torch.tensor([ids], device=_device(model))
-    if hasattr(model, 'generate') and hasattr(model, 'config'):  # HF
+    x = torch.tensor([ids], device=model_device(model))
+    if not is_rack(model):  # HF: its own generate
         out = model.generate(x, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=getattr(model.config, 'eos_token_id', None) or 0)
     else:
         from stackwise.models.generation import generate
@@ -202,7 +187,7 @@ def elbo_nll(model, ids, # a masked/diffusion LM (Rack or HF); token ids of one 
              seed:int=0, batch_size:int=16) -> float:
     "Upper bound (in expectation) on -log p(x[positions] | the other tokens), in nats: the masked-diffusion ELBO."
     if n_samples < 1: raise StackwiseError(f'n_samples must be at least 1, got {n_samples}')
-    ids, dev = torch.as_tensor(ids).flatten().cpu(), _device(model)
+    ids, dev = torch.as_tensor(ids).flatten().cpu(), model_device(model)
     pos = torch.as_tensor(list(positions), dtype=torch.long)
     P = len(pos)
     if P == 0: return 0.0

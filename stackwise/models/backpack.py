@@ -17,6 +17,7 @@ from ..config import ModelConfig
 from ..core import StackwiseError
 from .rack import Rack, Stack
 from .counting import count_parameters, parameter_table
+from ..train.losses import token_loss
 
 # %% auto #0
 __all__ = ['BackpackConfig', 'backpack_europarl', 'backpack_tiny', 'StandardTransformerLM', 'BackpackLM', 'overfit_losses',
@@ -55,9 +56,6 @@ def _init_weights(model:nn.Module, cfg:ModelConfig):
     for n, p in model.named_parameters():
         if n.endswith(('attn.out.weight', 'mlp.down.weight')): nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layers))
 
-def _lm_loss(logits, targets):
-    return None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-
 class StandardTransformerLM(nn.Module):
     "Seed 002's baseline: the Backpack's positions, Blocks, final norm and head over plain token embeddings."
     def __init__(self, cfg:ModelConfig):
@@ -79,7 +77,7 @@ class StandardTransformerLM(nn.Module):
         if T > self.cfg.max_seq_len: raise ValueError(f'sequence of {T} tokens exceeds max_seq_len={self.cfg.max_seq_len}')
         x = self.drop(self.token_embeddings(idx) + self.pos_embeddings(torch.arange(T, device=idx.device)))
         logits = self.lm_head(self.ln_f(self.blocks(x)))
-        return logits, _lm_loss(logits, targets)
+        return logits, None if targets is None else token_loss(logits, targets)
 
 # %% ../../nbs/28_models.backpack.ipynb #1c6edddf
 class BackpackLM(nn.Module):
@@ -129,7 +127,7 @@ class BackpackLM(nn.Module):
         alpha, senses = self.sense_weights(idx), self.drop(self.senses(idx))
         out = torch.einsum('blij,bjld->bid', alpha, senses)
         logits = self.lm_head(out)
-        return logits, _lm_loss(logits, targets)
+        return logits, None if targets is None else token_loss(logits, targets)
 
 # %% ../../nbs/28_models.backpack.ipynb #dafe95a1
 def overfit_losses(model:nn.Module, # returns (logits, loss) from (idx, targets)

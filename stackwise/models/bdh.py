@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from .attention import RotaryEmbedding, apply_rope
 from ..core import StackwiseError
 from .counting import count_parameters, parameter_table
+from ..train.losses import token_loss
 
 # %% auto #0
 __all__ = ['BDHConfig', 'bdh_seed001', 'bdh_tiny', 'bdh_parameters', 'causal_linear_attention', 'BDH']
@@ -102,5 +103,5 @@ class BDH(nn.Module):
                ):
         "Logits [B, T, vocab_size] and the mean cross-entropy (None without targets)."
         logits = self.lm_head(self.hidden(idx))
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss = None if targets is None else token_loss(logits, targets)
         return logits, loss

@@ -5,12 +5,12 @@
 # %% ../../nbs/27_models.generation.ipynb #d88e7124
 from __future__ import annotations
 import math
-from contextlib import contextmanager
 
 import torch
 
 from .attention import KVCache
 from ..core import StackwiseError
+from .protocol import attention_mode
 
 # %% auto #0
 __all__ = ['sample_next', 'generate', 'unmask_schedule', 'diffusion_generate']
@@ -30,17 +30,6 @@ def sample_next(logits, # [B, V] logits of the next position
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
 # %% ../../nbs/27_models.generation.ipynb #e7f31dd8
-@contextmanager
-def _decoding(rack, causal:bool):
-    "Eval mode and the given attention mode, restored on exit."
-    was_training, was_causal = rack.training, getattr(rack, 'causal', causal)
-    rack.eval()
-    if hasattr(rack, 'causal'): rack.causal = causal
-    try: yield
-    finally:
-        rack.train(was_training)
-        if hasattr(rack, 'causal'): rack.causal = was_causal
-
 @torch.no_grad()
 def generate(rack, # a Rack (anything returning [B, T, V] logits and accepting `cache=`)
              input_ids, # [B, T] prompt
@@ -52,7 +41,7 @@ def generate(rack, # a Rack (anything returning [B, T, V] logits and accepting `
     if limit and input_ids.shape[1] + max_new_tokens > limit:
         raise StackwiseError(f'{input_ids.shape[1]} prompt + {max_new_tokens} new tokens exceed max_seq_len={limit} '
                              f'of this learned-position model: shorten the prompt or ask for fewer tokens')
-    with _decoding(rack, causal=True):
+    with attention_mode(rack, causal=True):
         cache = KVCache() if use_cache else None
         ids, done = input_ids, torch.zeros(input_ids.shape[0], 1, dtype=torch.bool, device=input_ids.device)
         logits = rack(ids, cache=cache)[:, -1]
@@ -82,7 +71,7 @@ def diffusion_generate(rack, # bidirectional model: ids [B, T] -> logits [B, T, 
     "Prompt plus `length` tokens produced by iterative unmasking."
     B = input_ids.shape[0]
     ids = torch.cat([input_ids, torch.full((B, length), mask_token_id, dtype=input_ids.dtype, device=input_ids.device)], 1)
-    with _decoding(rack, causal=False):
+    with attention_mode(rack, causal=False):
         for still_masked in unmask_schedule(length, steps, schedule):
             masked = ids == mask_token_id
             logits = rack(ids).float()

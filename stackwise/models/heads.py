@@ -9,9 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core import StackwiseError
+from ..train.losses import loss_sum, n_targets
 
 # %% auto #0
-__all__ = ['POOLINGS', 'HEAD_TASKS', 'pool', 'TaskModel', 'embed', 'cosine_scores']
+__all__ = ['POOLINGS', 'HEAD_TASKS', 'HEAD_OBJECTIVES', 'pool', 'TaskModel', 'embed', 'cosine_scores']
 
 # %% ../../nbs/26_models.heads.ipynb #cbd6ad00
 POOLINGS = ('cls', 'last', 'mean')
@@ -28,6 +29,7 @@ def pool(hidden, # [B, T, d]
 
 # %% ../../nbs/26_models.heads.ipynb #62095d34
 HEAD_TASKS = ('single_label', 'multi_label', 'regression', 'token', 'span')
+HEAD_OBJECTIVES = dict(single_label='single_cls', multi_label='multi_cls', regression='regression', token='token_cls', span='span_qa')  # the trainer's name of each
 
 class TaskModel(nn.Module):
     "A Rack with a task head: logits, and the task's loss when labels are given."
@@ -54,13 +56,9 @@ class TaskModel(nn.Module):
         return out
 
     def loss(self, logits, labels):
-        "The task's training loss."
-        if self.task == 'single_label': return F.cross_entropy(logits, labels)
-        if self.task == 'multi_label': return F.binary_cross_entropy_with_logits(logits, labels.float())
-        if self.task == 'regression': return F.mse_loss(logits.squeeze(-1), labels.float())
-        if self.task == 'token': return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        start, end = labels.unbind(-1)  # span labels: [B, 2] start and end token positions
-        return (F.cross_entropy(logits[..., 0], start) + F.cross_entropy(logits[..., 1], end)) / 2
+        "The task's training loss: the mean of the trainer's per-target terms (`losses.loss_sum` / `losses.n_targets`)."
+        objective = HEAD_OBJECTIVES[self.task]
+        return loss_sum(logits, labels, objective) / n_targets(labels, objective).clamp(min=1)
 
 # %% ../../nbs/26_models.heads.ipynb #571bb50b
 @torch.no_grad()

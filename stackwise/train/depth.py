@@ -22,7 +22,8 @@ from .cache import ActivationCache, FrozenUnits
 from ..models.quant import check_quantizable
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state, sha256_file
 from .curricula import FULL, DepthConfig, Stage, check_depth, slots_per_stage, stage_flops, stage_steps, unit_blocks
-from .depth_time import noise_bands, noise_seed, noisy_batch, objective_loss
+from .depth_time import noise_bands, noise_seed, noisy_batch
+from .losses import objective_loss
 from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
 from .loop import (StepLog, TrainConfig, config_hash, first_batches, fresh_start, hashed_recipe, lr_factor, optimizer_step,
                                   param_groups, plot_training)

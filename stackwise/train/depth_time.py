@@ -8,15 +8,14 @@ import math
 
 import torch
 
-from ..data.collators import IGNORE, diffusion_loss
+from ..data.collators import IGNORE
 from ..data.masking import NOISE_SCHEDULES, elbo_weight, mask_ratio
 from ..core import StackwiseError
 from ..data.masking import mlm_mask
-from .loop import loss_sum
 
 # %% auto #0
 __all__ = ['DEPTH_OBJECTIVES', 'MASK_RANGE', 'check_mask_range', 'check_band', 'noise_bands', 'unit_of_time', 'band_times',
-           'mask_time', 'noise_seed', 'noisy_batch', 'objective_loss']
+           'mask_time', 'noise_seed', 'noisy_batch']
 
 # %% ../../nbs/35_train.depth_time.ipynb #b4f69b37
 DEPTH_OBJECTIVES = ('clm', 'mlm', 'diffusion')
@@ -100,13 +99,3 @@ def noisy_batch(blocks:torch.Tensor, # [B, T + 1] token blocks
     masked = torch.rand(ids.shape, generator=generator) < ratio[:, None]
     return dict(input_ids=ids.masked_fill(masked, mask_token_id), labels=ids.masked_fill(~masked, IGNORE), t=t,
                 weight=elbo_weight(t, schedule, lo, hi))
-
-def objective_loss(logits, # [B, T, V]
-                   batch:dict, objective:str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "The loss to minimise, and the summed cross-entropy and number of targets behind it (a per-token figure for every objective)."
-    labels = batch['labels']
-    n, s = (labels != IGNORE).sum(), loss_sum(logits, labels)
-    if objective == 'diffusion':
-        loss = diffusion_loss(logits, labels, batch['weight'].to(logits.device), torch.ones_like(labels))
-    else: loss = s / n.clamp(min=1)
-    return loss, s.detach(), n

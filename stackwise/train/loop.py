@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from ..core import StackwiseError
-from ..data.collators import IGNORE
+
 from .dtypes import dtype_policy
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'LM_OBJECTIVES', 'LR_SCHEDULES', 'UNHASHED', 'TrainConfig', 'lr_factor', 'loss_sum', 'n_targets',
-           'hashed_recipe', 'config_hash', 'param_groups', 'no_accelerator', 'first_batches', 'output_logits',
-           'optimizer_step', 'StepLog', 'fresh_start', 'plot_training']
+__all__ = ['OBJECTIVES', 'LM_OBJECTIVES', 'LR_SCHEDULES', 'UNHASHED', 'TrainConfig', 'lr_factor', 'hashed_recipe', 'config_hash',
+           'param_groups', 'no_accelerator', 'first_batches', 'optimizer_step', 'StepLog', 'fresh_start',
+           'plot_training']
 
 # %% ../../nbs/32_train.loop.ipynb #c2e6d65b
 OBJECTIVES = ('clm', 'mlm', 'multi_cls', 'single_cls', 'regression', 'token_cls', 'span_qa')
@@ -80,23 +80,6 @@ def lr_factor(step:int, cfg:TrainConfig) -> float:
     decay = 0.5 * (1 + math.cos(math.pi * t)) if cfg.schedule == 'cosine' else 1 - t
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
-# %% ../../nbs/32_train.loop.ipynb #96bfd521
-def loss_sum(logits, # [B, T, V] token logits (clm, mlm) or [B, n_labels] (classification), in any dtype
-             labels, # [B, T] with IGNORE where there is no target (LMs, token_cls); [B] class ids (single_cls); [B, n_labels] 0/1 (multi_cls); [B] floats (regression); [B, 2] start/end positions (span_qa, logits [B, T, 2])
-             objective:str='clm') -> torch.Tensor:
-    "Sum of the per-target losses (fp32): token cross-entropies, per-example cross-entropies or squared errors, or per-label BCE terms."
-    if objective == 'multi_cls': return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction='sum')
-    if objective == 'single_cls': return F.cross_entropy(logits.float(), labels, reduction='sum')
-    if objective == 'regression': return F.mse_loss(logits.float().reshape(labels.shape), labels.float(), reduction='sum')
-    if objective == 'span_qa': return F.cross_entropy(logits.float().transpose(1, 2).flatten(0, 1), labels.flatten(), reduction='sum')
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction='sum')
-
-def n_targets(labels, objective:str='clm') -> torch.Tensor:
-    "How many terms `loss_sum` adds up: target tokens, examples, or example-label pairs."
-    if objective in ('multi_cls', 'span_qa'): return torch.tensor(labels.numel(), device=labels.device)
-    if objective in ('single_cls', 'regression'): return torch.tensor(labels.shape[0], device=labels.device)
-    return (labels != IGNORE).sum()
-
 # %% ../../nbs/32_train.loop.ipynb #b18feb15
 def hashed_recipe(cfg) -> dict:
     "The fields of a recipe (a TrainConfig) that a checkpoint must match: all but `UNHASHED`."
@@ -128,12 +111,6 @@ def first_batches(loader, n:int) -> list:
     out = list(islice(iter(loader), min(n, len(loader))))
     loader.load_state_dict(saved)
     return out
-
-def output_logits(out) -> torch.Tensor:
-    "The logits of a model's output: a tensor, a dict or an HF output (`logits`, or question answering's start/end logits as one [B, T, 2])."
-    if not isinstance(out, dict): return out  # HF outputs are dicts too
-    if 'start_logits' in out: return torch.stack([out['start_logits'], out['end_logits']], -1)
-    return out['logits']
 
 # %% ../../nbs/32_train.loop.ipynb #942dd939
 def optimizer_step(opt, sched, scaler, # the optimizer, its schedule, and a `GradScaler` or None

@@ -19,8 +19,9 @@ from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_op
 from ..hardware import peak_memory_mb
 from ..runs import Run
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state
-from .loop import (LM_OBJECTIVES, StepLog, TrainConfig, config_hash, first_batches, fresh_start, hashed_recipe, loss_sum, lr_factor,
-                                  n_targets, no_accelerator, optimizer_step, output_logits, param_groups, plot_training)
+from .loop import LM_OBJECTIVES, StepLog, TrainConfig, config_hash, first_batches, fresh_start, hashed_recipe, lr_factor, no_accelerator, optimizer_step, param_groups, plot_training
+from ..models.protocol import model_config, output_logits, vocab_size
+from .losses import loss_sum, n_targets
 from ..models.counting import model_flops_per_token
 
 # %% auto #0
@@ -55,8 +56,7 @@ class Trainer:
         self.scaler = grad_scaler(self.policy, self.acc.device)
         self.collate = None  # classification loaders collate their own rows
         if c.objective in LM_OBJECTIVES:
-            vocab = getattr(getattr(model, 'cfg', None), 'vocab_size', None) or model.config.vocab_size
-            self.collate = CLMCollator() if c.objective == 'clm' else MLMCollator(c.mask_token_id, vocab)
+            self.collate = CLMCollator() if c.objective == 'clm' else MLMCollator(c.mask_token_id, vocab_size(model))
         self.step, self.tokens, self.best_val, self.best_step, self.bad_evals = 0, 0, math.inf, None, 0
         self.history, self._fpt, self._val = [], flops_per_token, None
         self.step_log = StepLog(run, c, main=self.acc.is_main_process)
@@ -64,8 +64,8 @@ class Trainer:
     @property
     def config_hash(self) -> str:
         "What must match for a checkpoint to be resumed: the training recipe and the model's shape."
-        model = getattr(self.module, 'cfg', None) or getattr(getattr(self.module, 'rack', None), 'cfg', None)  # a Rack, or a head on one
-        model = dataclasses.asdict(model) if model is not None else self.module.config.to_dict()
+        model = model_config(self.module)
+        model = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else model.to_dict()  # a Rack's (or a LogitsLM's) config, or an HF one
         shapes = {n: list(p.shape) for n, p in self.module.state_dict().items()}
         return config_hash(recipe=hashed_recipe(self.cfg), model=model, shapes=shapes, world=self.world)
 
