@@ -48,8 +48,8 @@ docs: $(STAMP)  ## render the site into _site/ from the notebooks and results/ (
 lab: $(STAMP)  ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab nbs
 
-experiment: $(STAMP)  ## run one experiment: make experiment NB=hardware ARGS="-p size 2048"
-	@if [ -z "$(NB)" ]; then echo 'make experiment needs NB=<name>, e.g. make experiment NB=hardware ARGS="-p size 2048"; experiments:'; $(BIN)/stackwise experiment --list; exit 2; fi
+experiment: $(STAMP)  ## run one experiment: make experiment NB=hardware ARGS="size=2048 min_time=0.5"
+	@if [ -z "$(NB)" ]; then echo 'make experiment needs NB=<name>, e.g. make experiment NB=hardware ARGS="size=2048"; experiments:'; $(BIN)/stackwise experiment --list; exit 2; fi
 	$(BIN)/stackwise experiment $(NB) $(ARGS)
 
 execute: $(STAMP)  ## re-run every notebook's cells (slow ones too) and save their outputs, for the site

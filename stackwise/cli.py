@@ -5,7 +5,6 @@
 # %% ../nbs/09_cli.ipynb #13e94244
 from __future__ import annotations
 import argparse, sys
-from pathlib import Path
 
 import stackwise
 from .core import StackwiseError
@@ -28,7 +27,7 @@ def _model(a):
     from stackwise.models import counting
     if a.list or not a.config:
         print('\n'.join(config.list_presets())); return
-    cfg = config.load_config(a.config, a.set)
+    cfg = config.load_config(a.config, [f'{k}={v}' for k, v in _pairs(a.overrides, 'n_layers=4')])
     table = counting.parameter_table(cfg)
     print(f'{a.config}: {cfg.source or cfg.family}')
     print(table.to_string(index=False, formatters=dict(parameters='{:,}'.format, share='{:.1%}'.format)))
@@ -37,11 +36,11 @@ def _model(a):
 
 def _plan(a):
     from stackwise.train import plan as sp
-    kw = dict(batch=a.batch, seq=a.seq, dtype=a.dtype, frozen_dtype=a.frozen_dtype, cache_dtype=a.cache_dtype, cache_batches=a.cache_batches,
+    kw = dict(batch_size=a.batch_size, seq_len=a.seq_len, dtype=a.dtype, frozen_dtype=a.frozen_dtype, cache_dtype=a.cache_dtype, cache_batches=a.cache_batches,
               activations=a.activations, host_ram=a.host_ram, disk=a.disk, keep_masters=not a.no_masters)
     gpu = None if a.gpu == 'cpu' else a.gpu
     modes = [a.mode] + (['e2e'] if a.mode != 'e2e' else [])
-    plans = [sp.plan(a.config, m, gpu, tokens=a.tokens, mfu=a.mfu, overrides=a.set, **kw) for m in modes]
+    plans = [sp.plan(a.config, m, gpu, tokens=a.tokens, mfu=a.mfu, overrides=[f'{k}={v}' for k, v in _pairs(a.overrides, 'n_layers=4')], **kw) for m in modes]
     print(f'{a.config} on one {gpu.upper() if gpu else "CPU"} (host RAM {sp.fmt_bytes(plans[0]["capacity"]["host"])}, disk {sp.fmt_bytes(plans[0]["capacity"]["disk"])})\n')
     for p in plans: print(sp.format_plan(p) + '\n')
     for p in plans: print(sp.verdict(p))
@@ -52,7 +51,7 @@ def _experiment(a):
         for n in experiments.list_experiments():
             print(n + '  ' + ' '.join(f'{k}={v!r}' for k, v in experiments.experiment_parameters(n).items()))
         return
-    run = experiments.run_experiment(a.name, experiments.parse_params(a.param), results=a.results)
+    run = experiments.run_experiment(a.name, experiments.parse_params(_pairs(a.params, 'size=512')), results=a.results)
     print(f'run folder: {run.path}')
 
 def _runs(a):
@@ -118,15 +117,12 @@ def _data(a):
     if len(bad): raise StackwiseError(f'{len(bad)} count(s) differ from the registry: ' + ', '.join(f'{r.dataset}/{r.split} {r.check} {r.actual} != {r.expected}' for r in bad.itertuples()))
     print(f'{int(checks.match.notna().sum())} counts match the registry, in {checks.dataset.nunique()} datasets under {root}')
 
-def _preset(family:str, name:str) -> str:
-    "`gpt2`, `nano` -> `decoder/gpt2_family/nano`, or an error listing the family's presets."
-    from stackwise.config import list_presets
-    found = [p for p in list_presets() if p.split('/')[-2:] == [f'{family}_family', name]]
-    if not found:
-        known = sorted({p.split('/')[-2].removesuffix('_family') for p in list_presets()})
-        mine = [p.split('/')[-1] for p in list_presets() if p.split('/')[-2] == f'{family}_family']
-        raise StackwiseError(f'no preset {name!r} for family {family!r}: ' + (f'{family} has {", ".join(mine)}' if mine else f'families: {", ".join(known)}'))
-    return found[0]
+def _pairs(words:list[str], example:str) -> list[tuple[str, str]]:
+    "`KEY=VALUE` words as (key, value) strings: the one override syntax of every command."
+    out = [w.partition('=') for w in words]
+    bad = [w for w, (k, sep, _) in zip(words, out) if not (k and sep)]
+    if bad: raise StackwiseError(f'override {bad[0]!r} is not KEY=VALUE (e.g. {example})')
+    return [(k, v) for k, _, v in out]
 
 def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
     "`key=value` pairs: TrainConfig fields (values read as YAML), `model.field=value` model overrides, `depth.field=value` DepthConfig fields."
@@ -135,9 +131,7 @@ def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
     from stackwise.train.loop import TrainConfig
     fields, train, model, depth = {f.name for f in dataclasses.fields(TrainConfig)}, {}, [], {}
     depth_fields = {f.name for f in dataclasses.fields(DepthConfig)}
-    for kv in pairs:
-        k, sep, v = kv.partition('=')
-        if not sep: raise StackwiseError(f'override {kv!r} is not key=value (e.g. lr=1e-3 or model.dropout=0.1)')
+    for k, v in _pairs(pairs, 'lr=1e-3 or model.dropout=0.1'):
         if k.startswith('model.'): model.append(f'{k[6:]}={v}')
         elif k.startswith('depth.') and k[6:] in depth_fields: depth[k[6:]] = yaml.safe_load(v)
         elif k in fields: train[k] = yaml.safe_load(v)
@@ -145,21 +139,13 @@ def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
                                    f'or depth.<field> ({", ".join(sorted(depth_fields))})')
     return train, model, depth
 
-def _lm_blocks(data:str, tok, block_size:int, seed:int, validate:bool):
-    "Training token blocks of a registry LM corpus or of the synthetic language, and (with `validate`) those of its validation split; no fallback."
-    from stackwise.data.sources import lm_texts
-    from stackwise.data.packing import TokenBlocks, packed_corpus
-    t = lm_texts(data, split='train', val_split='validation' if validate else None, val_fraction=0.0, seed=seed, fallback=False)
-    blocks = lambda texts: TokenBlocks(packed_corpus(texts, tok, progress=False), block_size)
-    return blocks(t['train']), blocks(t['val']) if validate else None
-
 def _train(a):
     import dataclasses, torch
-    from stackwise.config import load_config
+    from stackwise.config import family_preset, load_config
     from stackwise.train.curricula import DepthConfig, check_depth
     from stackwise.train.depth import DepthTrainer
     from stackwise.models.rack import lazy_rack
-    from stackwise.data.packing import BlockLoader
+    from stackwise.data.packing import BlockLoader, lm_blocks
     from stackwise.models.rack import Rack
     from stackwise.runs import start_run
     from stackwise.data.tokenization import get_tokenizer
@@ -168,7 +154,7 @@ def _train(a):
     train_over, model_over, depth_over = _split_overrides(a.overrides)
     depth = bool(a.mode or a.curriculum or a.noise_schedule or depth_over)  # any depth-as-time flag: the depth-as-time trainer
     objective = a.objective or ('diffusion' if depth else 'clm')
-    preset = _preset(a.family, a.config)
+    preset = family_preset(a.family, a.config)
     tok = get_tokenizer('bytes' if a.data == 'synthetic' else load_config(preset).family)
     mask = tok.mask_token_id if objective != 'clm' else None
     if depth:
@@ -176,12 +162,12 @@ def _train(a):
                               **depth_over, 'objective': objective, 'mask_token_id': mask})
         cfg = TrainConfig(**{**train_over, 'dtype': a.dtype})
     else: cfg = TrainConfig(**{**train_over, 'dtype': a.dtype, 'objective': objective, 'mask_token_id': mask})
-    mcfg = load_config(preset, [f'vocab_size={tok.vocab_size}', f'max_seq_len={a.block_size}', f'causal={objective == "clm"}', *model_over])
-    if depth: check_depth(dcfg, mcfg, a.batch_size, a.block_size)  # refused before any data is read or folder made
-    train_blocks, val_blocks = _lm_blocks(a.data, tok, a.block_size, cfg.seed, validate=bool(cfg.eval_every))
+    mcfg = load_config(preset, [f'vocab_size={tok.vocab_size}', f'max_seq_len={a.seq_len}', f'causal={objective == "clm"}', *model_over])
+    if depth: check_depth(dcfg, mcfg, a.batch_size, a.seq_len)  # refused before any data is read or folder made
+    train_blocks, val_blocks = lm_blocks(a.data, tok, a.seq_len, cfg.seed, validate=bool(cfg.eval_every))
     train = BlockLoader(train_blocks, a.batch_size, seed=cfg.seed)
     val = BlockLoader(val_blocks, a.batch_size, shuffle=False) if val_blocks is not None else None
-    run = start_run(a.experiment, dict(preset=preset, data=a.data, block_size=a.block_size, batch_size=a.batch_size,
+    run = start_run(a.experiment, dict(preset=preset, data=a.data, seq_len=a.seq_len, batch_size=a.batch_size,
                                        train=dataclasses.asdict(cfg), **({'depth': dataclasses.asdict(dcfg)} if depth else {})),
                     root=a.results, path=a.resume)
     torch.manual_seed(cfg.seed)  # the initial weights
@@ -251,21 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser('model', help='describe a model preset: parameters per part, total, FLOPs per token')
     s.add_argument('--config', help='preset name (e.g. decoder/llama_family/70b) or YAML path; omit to list presets')
-    s.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='overrides, e.g. --set n_layers=4 d_model=256')
+    s.add_argument('overrides', nargs='*', metavar='FIELD=VALUE', help='config overrides, e.g. n_layers=4 d_model=256')
     s.add_argument('--list', action='store_true', help='list the shipped presets')
     s.set_defaults(func=_model)
 
     s = sub.add_parser('plan', help='memory and time of training a preset before training it: per component, where it lives, whether it fits (layerwise against e2e)')
     s.add_argument('--config', required=True, help='preset name (e.g. decoder/llama_family/70b) or YAML path')
-    s.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='model overrides, e.g. --set n_layers=4')
+    s.add_argument('overrides', nargs='*', metavar='FIELD=VALUE', help='model config overrides, e.g. n_layers=4')
     s.add_argument('--mode', default='layerwise', help='layerwise (left2right, input cached, trunk frozen) or e2e; layerwise also prints e2e as the contrast')
     s.add_argument('--gpu', default='h200', help='h100, h200, a100, or cpu (everything in host memory)')
     s.add_argument('--host-ram', default='128G', help='host memory, e.g. 128G, 512GiB')
     s.add_argument('--disk', default='64G', help='disk space, e.g. 64G, 2T')
     s.add_argument('--tokens', default='1.4e12', help='tokens each layer trains on (e2e: in all), e.g. 1.4e12 (Chinchilla for 70B)')
     s.add_argument('--mfu', type=float, default=0.4, help='model FLOPs utilisation, a fraction of the dense bf16 datasheet peak')
-    s.add_argument('--batch', type=int, default=1, help='sequences per step')
-    s.add_argument('--seq', type=int, default=2048, help='tokens per sequence')
+    s.add_argument('--batch-size', type=int, default=1, help='sequences per step')
+    s.add_argument('--seq-len', type=int, default=2048, help='tokens per sequence')
     s.add_argument('--dtype', default='amp_bf16', help='dtype policy: fp32, amp_bf16, bf16_pure, amp_bf16_8bit, ...')
     s.add_argument('--frozen-dtype', default='nf4', help='layerwise: the frozen trunk in fp32, bf16, int8 or nf4')
     s.add_argument('--cache-dtype', default='bf16', help='layerwise: the activation cache in fp32, bf16 or fp16')
@@ -276,8 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser('experiment', help='run an experiment notebook (papermill) into a new run folder')
     s.add_argument('name', nargs='?', help='experiment notebook nbs/experiments/NAME.ipynb; omit to list them')
-    s.add_argument('-p', '--param', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
-                   help='set a parameter of the notebook (value read as YAML: 512 is an int)')
+    s.add_argument('params', nargs='*', metavar='NAME=VALUE', help='parameters of the notebook (values read as YAML: 512 is an int), e.g. size=512')
     s.add_argument('--list', action='store_true', help='list experiments and their parameters')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
     s.set_defaults(func=_experiment)
@@ -330,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--curriculum', help='depth-as-time curriculum: left2right, right2left or independent (default left2right)')
     s.add_argument('--noise-schedule', help='depth-as-time noise schedule, diffusion time to masking ratio: linear, cosine or log-linear (default cosine)')
     s.add_argument('--data', default='synthetic', help='a registry LM dataset (stackwise data list) or synthetic (the known-entropy language)')
-    s.add_argument('--block-size', type=int, default=128, help='tokens per sequence')
+    s.add_argument('--seq-len', type=int, default=128, help='tokens per sequence')
     s.add_argument('--batch-size', type=int, default=16, help='sequences per micro-batch')
     s.add_argument('--experiment', default='train', help='run folders go to results/<experiment>/')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')

@@ -17,7 +17,7 @@ from .core import StackwiseError
 
 # %% auto #0
 __all__ = ['NORMS', 'MLPS', 'POSITIONS', 'NORM_POSITIONS', 'ATTENTIONS', 'FEATURE_MAPS', 'ModelConfig', 'list_presets',
-           'load_config', 'config_dict']
+           'family_preset', 'load_config', 'config_dict']
 
 # %% ../nbs/03_config.ipynb #cf2a3bf7
 NORMS, MLPS, POSITIONS, NORM_POSITIONS = ('layernorm', 'rmsnorm'), ('gelu', 'gelu_tanh', 'relu', 'swiglu', 'geglu'), ('learned', 'rope', 'none'), ('pre', 'post')
@@ -127,6 +127,16 @@ def list_presets() -> list[str]:
     "Names of the shipped presets, e.g. `decoder/gpt2_family/small`."
     root = _configs_dir()
     return sorted(p.relative_to(root).with_suffix('').as_posix() for p in root.rglob('*.yaml'))
+
+def family_preset(family:str, # gpt2, llama, bert, ...
+                  name:str) -> str: # nano, small, ...
+    "`gpt2`, `nano` -> `decoder/gpt2_family/nano`, or an error listing the family's presets."
+    found = [p for p in list_presets() if p.split('/')[-2:] == [f'{family}_family', name]]
+    if not found:
+        known = sorted({p.split('/')[-2].removesuffix('_family') for p in list_presets()})
+        mine = [p.split('/')[-1] for p in list_presets() if p.split('/')[-2] == f'{family}_family']
+        raise StackwiseError(f'no preset {name!r} for family {family!r}: ' + (f'{family} has {", ".join(mine)}' if mine else f'families: {", ".join(known)}'))
+    return found[0]
 
 def _preset_path(name:str|Path) -> Path:
     p = Path(name)

@@ -13,9 +13,9 @@ import torch
 from .core import StackwiseError, read_json, write_json
 
 # %% auto #0
-__all__ = ['TORCH_DTYPES', 'DATASHEET_TFLOPS', 'dtype_key', 'gpu_model', 'datasheet_tflops', 'resolve_device', 'device_info',
-           'has_fp8', 'measure_matmul_tflops', 'measure_copy_gbps', 'rss_mb', 'memory_mb', 'peak_memory_mb',
-           'release_host_memory', 'peak_tflops', 'mfu', 'plot_matmul_sweep']
+__all__ = ['TORCH_DTYPES', 'DATASHEET_TFLOPS', 'DATASHEET_MEMORY', 'dtype_key', 'gpu_model', 'datasheet_tflops', 'resolve_device',
+           'device_info', 'has_fp8', 'measure_matmul_tflops', 'measure_copy_gbps', 'rss_mb', 'memory_mb',
+           'peak_memory_mb', 'release_host_memory', 'peak_tflops', 'mfu', 'plot_matmul_sweep']
 
 # %% ../nbs/02_hardware.ipynb #0be4261f
 _DTYPE_ALIASES = {'fp32': 'fp32', 'float32': 'fp32', 'float': 'fp32', 'tf32': 'tf32',
@@ -44,6 +44,8 @@ DATASHEET_TFLOPS = {
     'H100 SXM':  dict(bf16=989.0, fp16=989.0, tf32=495.0, fp32=67.0, fp8=1979.0),  # H100 SXM5
     'H200':      dict(bf16=989.0, fp16=989.0, tf32=495.0, fp32=67.0, fp8=1979.0),  # H200 SXM
 }
+DATASHEET_MEMORY = {'V100': 32e9, 'A100': 80e9, 'A40': 48e9, 'RTX A6000': 48e9, 'L4': 24e9, 'L40S': 48e9,  # bytes (decimal GB), the largest
+                    'H100 PCIe': 80e9, 'H100 SXM': 80e9, 'H200': 141e9}                                       # model of each name
 
 # Order matters: the first pattern that matches `torch.cuda.get_device_name()` wins.
 _GPU_PATTERNS = [(r'H200', 'H200'), (r'H100.*PCIe', 'H100 PCIe'), (r'H100', 'H100 SXM'), (r'A100', 'A100'),

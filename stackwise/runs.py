@@ -13,8 +13,9 @@ import yaml
 from .core import StackwiseError, atomic_write, project_root, read_json, write_json
 
 # %% auto #0
-__all__ = ['TRACKED_PACKAGES', 'results_root', 'new_run_id', 'check_name', 'package_versions', 'git_state', 'capture_env', 'Run',
-           'start_run', 'run_status', 'list_runs', 'load_run', 'load_runs', 'load_steps', 'describe_run']
+__all__ = ['TRACKED_PACKAGES', 'LEGACY_KEYS', 'results_root', 'new_run_id', 'check_name', 'package_versions', 'git_state',
+           'capture_env', 'Run', 'start_run', 'run_status', 'list_runs', 'read_config', 'load_run', 'load_runs',
+           'load_steps', 'describe_run']
 
 # %% ../nbs/01_runs.ipynb #a2e90b7e
 def results_root(root:str|Path|None=None, # an explicit folder wins
@@ -163,13 +164,21 @@ def list_runs(experiment:str|None=None, root:str|Path|None=None) -> list[Path]:
     exps = [base/check_name(experiment)] if experiment else sorted(p for p in base.glob('*') if p.is_dir())
     return sorted((f.parent for e in exps for f in e.glob('*/env.json')), key=lambda p: (p.name, p.parent.name))
 
+LEGACY_KEYS = {'block_size': 'seq_len'}  # config keys of runs written before a quantity had one name
+
+def read_config(path:str|Path) -> dict:
+    "A run folder's `config.yaml` (empty when there is none), legacy keys under today's names at every level."
+    def renamed(o): return {LEGACY_KEYS.get(k, k): renamed(v) for k, v in o.items()} if isinstance(o, dict) else o
+    f = Path(path)/'config.yaml'
+    return renamed(yaml.safe_load(f.read_text()) or {}) if f.exists() else {}
+
 def _flat(prefix, d): return {f'{prefix}.{k}': v for k, v in pd.json_normalize(d, sep='.').iloc[0].items()} if d else {}
 
 def load_run(path:str|Path) -> dict:
     "One run folder as a flat dict."
     path = Path(path)
     env = read_json(path/'env.json')
-    cfg = yaml.safe_load((path/'config.yaml').read_text()) if (path/'config.yaml').exists() else {}
+    cfg = read_config(path)
     met = read_json(path/'metrics.json') if (path/'metrics.json').exists() else {}
     envsel = dict(device=env.get('device', {}), git=env.get('git', {}), torch=env.get('packages', {}).get('torch'))
     return dict(experiment=path.parent.name, run_id=path.name, status=run_status(path),

@@ -30,7 +30,7 @@ def test_make_experiment_without_nb_explains():
 
 
 def test_unknown_parameter_is_refused_before_running(tmp_path):
-    r = run_cmd([exe('stackwise'), 'experiment', 'hardware', '-p', 'sise', '512', '--results', str(tmp_path)])
+    r = run_cmd([exe('stackwise'), 'experiment', 'hardware', 'sise=512', '--results', str(tmp_path)])
     assert r.returncode == 1
     assert "has no parameter 'sise'" in r.stderr and 'size=' in r.stderr
     assert not any(tmp_path.iterdir()), 'no run folder for a refused experiment'

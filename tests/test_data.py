@@ -247,7 +247,7 @@ def test_a_failed_pack_leaves_nothing(tmp_path):
 
 def test_block_loader_resumes_exactly():
     "Stop anywhere (even across an epoch), restore the position in a fresh loader: the same next batches."
-    blocks = TokenBlocks(np.arange(1001), block_size=10)
+    blocks = TokenBlocks(np.arange(1001), seq_len=10)
     ref = iter(BlockLoader(blocks, 16, seed=7))
     expected = [next(ref) for _ in range(20)]  # 6 batches per epoch: crosses three epochs
     for stop in (0, 3, 6, 13):

@@ -219,7 +219,7 @@ def test_cli_trains_depth_as_time(tmp_path):
     "The seed's command, `stackwise train --family bert --config base --curriculum right2left --noise-schedule cosine`, at nano size."
     from stackwise.cli import main
     assert main(['train', '--family', 'bert', '--config', 'base', '--curriculum', 'right2left', '--noise-schedule', 'cosine',
-                 '--block-size', '32', '--batch-size', '8', '--results', str(tmp_path), 'max_steps=8', 'eval_every=8', 'eval_batches=2',
+                 '--seq-len', '32', '--batch-size', '8', '--results', str(tmp_path), 'max_steps=8', 'eval_every=8', 'eval_batches=2',
                  'progress=false', 'mfu=false', 'tensorboard=false', 'model.n_layers=2', 'model.d_model=32', 'model.n_heads=2',
                  'depth.frozen_dtype=int8']) == 0
     run = next((tmp_path/'train').iterdir())

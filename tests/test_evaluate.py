@@ -51,7 +51,7 @@ def test_cli_evaluate_bad_input(tmp_path, capsys):
 def test_a_trained_run_folder_is_evaluated(tmp_path):
     "`stackwise train` writes checkpoints that `stackwise evaluate --model RUN_DIR` rebuilds (config saved beside the weights)."
     res = tmp_path/'results'
-    assert main(['train', '--family', 'gpt2', '--config', 'nano', '--block-size', '32', '--batch-size', '4', '--results', str(res),
+    assert main(['train', '--family', 'gpt2', '--config', 'nano', '--seq-len', '32', '--batch-size', '4', '--results', str(res),
                  'max_steps=2', 'warmup_steps=1', 'progress=false', 'mfu=false', 'tensorboard=false',
                  'model.n_layers=1', 'model.d_model=32', 'model.n_heads=2']) == 0
     run = next((res/'train').iterdir())

@@ -46,7 +46,7 @@ def test_papermill_run_that_raises_leaves_no_metrics(tmp_path):
 
 
 def test_stackwise_experiment_that_raises(tmp_path):
-    r = run_cmd([exe('stackwise'), 'experiment', 'hardware', '-p', 'dtypes', 'int4', '--results', str(tmp_path)])
+    r = run_cmd([exe('stackwise'), 'experiment', 'hardware', 'dtypes=int4', '--results', str(tmp_path)])
     assert r.returncode == 1
     assert "experiment 'hardware' failed in cell" in r.stderr and 'unknown dtype' in r.stderr
     (path,) = runs.list_runs('hardware', tmp_path)

@@ -67,7 +67,7 @@ def test_frozen_bytes_by_hand():
 def test_peak_holds_the_backward_overlap():
     "Layerwise: one block and the head learn, so their activations and gradients are held together; e2e: all activations and the top block's gradients, or all gradients and the bottom block's activations."
     cfg = load_config('decoder/llama_family/tiny', ['n_layers=4'])
-    p = sp.plan(cfg, 'layerwise', None, batch=2, seq=64, dtype='fp32', frozen_dtype='int8', cache_batches=3)
+    p = sp.plan(cfg, 'layerwise', None, batch_size=2, seq_len=64, dtype='fp32', frozen_dtype='int8', cache_batches=3)
     t = p['table'].set_index('component')
     host = t[t['where'] == 'host'].bytes
     stays = host.drop(['activations', 'gradients']).sum()
@@ -75,7 +75,7 @@ def test_peak_holds_the_backward_overlap():
     assert t.bytes['activation cache'] == 3 * 2 * 64 * cfg.d_model * 2  # bf16 cache by default
     rack = Rack(cfg)
     block, head = count_parameters(rack.blocks[0]), count_parameters(nn.ModuleList([rack.final_norm, rack.lm_head]))
-    e = sp.plan(cfg, 'e2e', None, batch=2, seq=64, dtype='fp32')
+    e = sp.plan(cfg, 'e2e', None, batch_size=2, seq_len=64, dtype='fp32')
     t = e['table'].set_index('component').bytes
     layer = sp.stackwise_activation_bytes(cfg, 2, 64, 'fp32')
     assert e['peak']['host'] == t['weights'] + t['optimizer'] + max(t['activations'] + 4 * (block + head), layer + t['gradients'])
@@ -117,7 +117,7 @@ def test_cli_bad_input(args, fix, capsys):
 def test_bad_input_raises():
     with pytest.raises(StackwiseError, match='128G'): sp.parse_size('128Q')
     with pytest.raises(StackwiseError, match='h100'): sp.check_gpu('v100')
-    with pytest.raises(StackwiseError, match='batch must be >= 1'): sp.plan('decoder/llama_family/tiny', 'e2e', None, batch=0)
+    with pytest.raises(StackwiseError, match='batch_size must be >= 1'): sp.plan('decoder/llama_family/tiny', 'e2e', None, batch_size=0)
     with pytest.raises(StackwiseError, match='gpu'): sp.plan_time(sp.PlanSetup(load_config('decoder/llama_family/tiny'), gpu=None), 1e9)
 
 
@@ -126,7 +126,7 @@ def tiny_run():
     torch.manual_seed(0)
     cfg = load_config('decoder/llama_family/70b', ['d_model=64', 'n_heads=2', 'n_kv_heads=1', 'd_ff=192', 'n_layers=3', 'vocab_size=260',
                                                      'max_seq_len=32'])
-    loader, val = lw.token_batches('synthetic', seq=32, batch=4)
+    loader, val = lw.token_batches('synthetic', seq_len=32, batch_size=4)
     return lw.layerwise_run(cfg, loader, val, steps_per_layer=20, quant='nf4', dtype='fp32', device='cpu', cache_dtype='fp32', lr=3e-3,
                             peak_tflops=1.0)
 
@@ -167,6 +167,6 @@ def test_saved_model_reloads_and_generates(tiny_run, tmp_path):
 
 def test_layerwise_run_bad_input():
     cfg = load_config('decoder/llama_family/70b', ['d_model=64', 'n_heads=2', 'n_kv_heads=1', 'd_ff=192', 'n_layers=2', 'vocab_size=100'])
-    loader, _ = lw.token_batches('synthetic', seq=16, batch=2)
+    loader, _ = lw.token_batches('synthetic', seq_len=16, batch_size=2)
     with pytest.raises(StackwiseError, match='vocab_size'): lw.layerwise_run(cfg, loader, None, 2, peak_tflops=1.0)
     with pytest.raises(StackwiseError, match='steps_per_layer'): lw.layerwise_run(cfg, loader, None, 0, peak_tflops=1.0)

@@ -44,7 +44,7 @@ def test_bits_per_byte_by_hand(tmp_path, monkeypatch):
     assert bits_per_byte(1.2, 300, 450) == pytest.approx(1.154156, abs=1e-6)
     # a tiny study run reports its validation loss in bits per byte the same way
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    r = train_study_run(dict(kind='gpt2', config=dict(shaped_config('gpt2', 16, 1, 2, 260, 16).__dict__), data='synthetic', block_size=16,
+    r = train_study_run(dict(kind='gpt2', config=dict(shaped_config('gpt2', 16, 1, 2, 260, 16).__dict__), data='synthetic', seq_len=16,
                              batch_size=2, seed=0, run_dir=str(tmp_path/'run'), train=dict(max_steps=2, lr=1e-3, warmup_steps=1, eval_every=2, eval_batches=1)))
     assert r['val_bpb'] == pytest.approx(r['best_val_loss'] * r['val_tokens'] / r['val_bytes'] / math.log(2), rel=1e-12)
     assert r['data_source'].startswith('SYNTHETIC')
@@ -89,7 +89,7 @@ def test_seed_tables_and_tests():
 def _fake_run(path, real):
     path.mkdir()
     write_json(path/'env.json', dict(time_utc='2026-01-01T00:00:00', device=dict(name='cpu'), packages=dict(torch='2.x'), git=dict(commit='abcdef0123456')))
-    (path/'config.yaml').write_text(yaml.safe_dump(dict(steps=150, batch_size=8, block_size=64, patience=4, data='tinyshakespeare')))
+    (path/'config.yaml').write_text(yaml.safe_dump(dict(steps=150, batch_size=8, seq_len=64, patience=4, data='tinyshakespeare')))
     write_json(path/'metrics.json', dict(device='Test CPU (2 cores)', threads=1, seeds=[0, 1, 2], tokens_per_run=76_800, wall_s=321.0, data_real=real,
                                           data_source='tinyshakespeare (local copy)' if real else 'SYNTHETIC: the Markov language'))
 

@@ -208,7 +208,7 @@ def test_ddp_two_processes_match_one(tmp_path):
 
 def test_cli_train_writes_a_run(tmp_path):
     "`stackwise train` with overrides trains a nano GPT-2 into a run folder."
-    r = run_cmd([exe('stackwise'), 'train', '--family', 'gpt2', '--config', 'nano', '--block-size', '32', '--batch-size', '4',
+    r = run_cmd([exe('stackwise'), 'train', '--family', 'gpt2', '--config', 'nano', '--seq-len', '32', '--batch-size', '4',
                  '--results', str(tmp_path), 'max_steps=3', 'warmup_steps=1', 'progress=false', 'mfu=false', 'tensorboard=false',
                  'model.n_layers=1', 'model.d_model=32', 'model.n_heads=2'])
     assert r.returncode == 0, r.stderr[-2000:]

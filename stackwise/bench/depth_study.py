@@ -41,7 +41,7 @@ def run_spec(spec:dict) -> dict:
     tok = ByteTokenizer()
     t = lm_texts(data, root, spec.get('split', 'train'), spec.get('val_split'), spec.get('val_fraction', 0.1), seed=dseed, fallback=False)
     ids, val_ids = (np.asarray(packed_corpus(t[k], tok, progress=False)) for k in ('train', 'val'))
-    T, B, seed = spec.get('block_size', 64), spec.get('batch_size', 16), spec.get('seed', 0)
+    T, B, seed = spec.get('seq_len', 64), spec.get('batch_size', 16), spec.get('seed', 0)
     depth = DepthConfig(**{'mask_token_id': tok.mask_token_id, **spec.get('depth', {})})
     mcfg = load_config(spec.get('preset', 'decoder/gpt2_family/nano'),
                        [f'vocab_size={tok.vocab_size}', f'max_seq_len={T}', f'causal={depth.objective == "clm"}', *spec.get('model', [])])

@@ -77,7 +77,7 @@ def validate(trainer:Trainer, spec:CellSpec, val:BlockLoader) -> dict:
     s, n, preds, truth = 0.0, 0, [], []
     for batch in first_batches(val, spec.eval_batches):
         b = trainer.batches([batch])[0]
-        logits = trainer._logits(b).float()
+        logits = trainer.logits(b).float()
         s += loss_sum(logits, b['labels'], spec.task).item(); n += int(n_targets(b['labels'], spec.task))
         if spec.task == 'multi_cls': preds.append(logits > 0); truth.append(b['labels'] > 0.5)
         else:

@@ -79,7 +79,7 @@ def llama70b_part(ctx:Context, run:Run, shape:str, seq_len:int, batch_size:int, 
     loader, val = lw.token_batches(data, seq_len, batch_size, root=ctx.data_root, seed=seed)
     gpu_key = sp.gpu_key(ctx.device)
     n_fresh = min(steps_per_layer, len(loader) // cfg.n_layers)
-    planned = sp.plan(cfg, 'layerwise', gpu_key, tokens=steps_per_layer * batch_size * seq_len, batch=batch_size, seq=seq_len, dtype=dtype,
+    planned = sp.plan(cfg, 'layerwise', gpu_key, tokens=steps_per_layer * batch_size * seq_len, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
                       frozen_dtype=quant, cache_dtype=cache_dtype, cache_batches=max(n_fresh, 1), keep_masters=False, runtime=0, host_ram='1T', disk='1T')
     planned_peak = planned['peak']['gpu' if gpu_key else 'host']
     saved_bytes = float(planned['table'].set_index('component').bytes.get('saved model', 0.0))
@@ -281,7 +281,7 @@ def plan_check_part(ctx:Context, run:Run, configs:list, steps:int, dtype:str) ->
     for c in configs:
         d_ff = 64 * round(8 / 3 * c['d'] / 64)
         model = [f"d_model={c['d']}", f"n_layers={c['L']}", f'd_ff={d_ff}', f"n_heads={c['n_heads']}", f"n_kv_heads={c['n_kv_heads']}"]
-        spec = dict(data='synthetic', block_size=c['T'], batch_size=c['B'], validate=False, device=str(ctx.device), preset='decoder/llama_family/tiny',
+        spec = dict(data='synthetic', seq_len=c['T'], batch_size=c['B'], validate=False, device=str(ctx.device), preset='decoder/llama_family/tiny',
                     model=model, train=dict(warmup_steps=1, dtype=dtype, max_steps=steps),
                     depth=dict(mode=c['mode'], curriculum='left2right', objective='clm', steps_per_stage=steps, cache='device' if cuda else 'cpu',
                                cache_dtype='bf16', frozen_dtype=c['frozen'], masters=c['mode'] == 'e2e'))
@@ -292,7 +292,7 @@ def plan_check_part(ctx:Context, run:Run, configs:list, steps:int, dtype:str) ->
         r = run_spec(spec)
         measured = max(s['stage_mem_mb'] for s in r['stages_summary']) - base
         cfg = load_config('decoder/llama_family/tiny', [*model, 'vocab_size=260', f"max_seq_len={c['T']}"])
-        p = sp.plan(cfg, c['mode'], sp.gpu_key(ctx.device), batch=c['B'], seq=c['T'], dtype=dtype, frozen_dtype=c['frozen'], cache_dtype='bf16',
+        p = sp.plan(cfg, c['mode'], sp.gpu_key(ctx.device), batch_size=c['B'], seq_len=c['T'], dtype=dtype, frozen_dtype=c['frozen'], cache_dtype='bf16',
                     cache_batches=steps, runtime=0, keep_masters=False)
         planned = p['peak']['gpu' if sp.gpu_key(ctx.device) else 'host'] / 2**20
         rows.append(dict(c, params=r['params'], measured_mb=measured, planned_mb=planned, error=planned / measured - 1,
@@ -314,7 +314,7 @@ _ = part('trainer_medium', 'GPT-2 medium: the stackwise Trainer against the HF T
 # %% ../../nbs/58_bench.gpu_parts.ipynb #4941cb18
 def _study_planned(s:dict, rate:float, params:float) -> float:
     runs = len(s['models']) * len(s['seeds'])
-    return runs * ((15 if rate > 1e12 else 2) + 6 * params * s['steps'] * s['batch_size'] * s['block_size'] * 2 / rate)  # x2: non-matmul work at these small widths
+    return runs * ((15 if rate > 1e12 else 2) + 6 * params * s['steps'] * s['batch_size'] * s['seq_len'] * 2 / rate)  # x2: non-matmul work at these small widths
 
 def _study(ctx:Context, run:Run, specs:dict, ref:str, cols:list) -> dict:
     "Train every model's seeds in this process; per-run rows in metrics.csv, the seed table and the paired tests."
@@ -336,7 +336,7 @@ def _study(ctx:Context, run:Run, specs:dict, ref:str, cols:list) -> dict:
                 tests=tests, data=df.data.iloc[0], data_real='synthetic' not in str(rows[0].get('data', '')))
 
 # %% ../../nbs/58_bench.gpu_parts.ipynb #435843ff
-def _bdh_configs(full:bool, block_size:int, dropout:float) -> dict:
+def _bdh_configs(full:bool, seq_len:int, dropout:float) -> dict:
     from stackwise.models.bdh import BDHConfig, bdh_seed001
     from stackwise.bench.studies import match_parameters
     from stackwise.models.bdh import bdh_parameters
@@ -344,42 +344,42 @@ def _bdh_configs(full:bool, block_size:int, dropout:float) -> dict:
     b = bdh_seed001(vocab_size=V, dropout=dropout) if full else BDHConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=2, n_neurons=256, dropout=dropout)
     out = {'bdh': {k: v for k, v in vars(b).items() if k != 'vocab_size'}}
     for fam in ('gpt2', 'llama'):
-        c, _ = match_parameters(fam, bdh_parameters(b), b.n_layers, b.n_heads, V, block_size, dropout)
+        c, _ = match_parameters(fam, bdh_parameters(b), b.n_layers, b.n_heads, V, seq_len, dropout)
         out[fam] = {k: v for k, v in vars(c).items() if k != 'vocab_size'}
     return out
 
 @part('bdh', "seed 001's BDH (6 layers, d 256, 25.3M) against GPT-2 and LLaMA of its size on Tiny Shakespeare bytes, early stopping, 3 seeds",
-      gpu=dict(full=True, models=['bdh', 'gpt2', 'llama'], seeds=[0, 1, 2], block_size=512, batch_size=32, steps=1500, lr=1e-3, warmup_steps=50,
+      gpu=dict(full=True, models=['bdh', 'gpt2', 'llama'], seeds=[0, 1, 2], seq_len=512, batch_size=32, steps=1500, lr=1e-3, warmup_steps=50,
                eval_every=100, eval_batches=8, patience=3, dropout=0.1, dtype='amp_bf16', threads=4),
-      dry=dict(full=False, models=['bdh', 'gpt2', 'llama'], seeds=[0], block_size=32, batch_size=4, steps=4, lr=1e-3, warmup_steps=1,
+      dry=dict(full=False, models=['bdh', 'gpt2', 'llama'], seeds=[0], seq_len=32, batch_size=4, steps=4, lr=1e-3, warmup_steps=1,
                eval_every=2, eval_batches=1, patience=2, dropout=0.1, dtype='fp32', threads=1),
       planned=lambda s, rate: _study_planned(s, rate, 25.3e6 if s['full'] else 1e5),
       headline=lambda m: ', '.join(f"{k} {v['val_bpb_mean']:.3f}" for k, v in m['models'].items()) + ' bits/byte (best held-out, mean over seeds)')
-def bdh_part(ctx:Context, run:Run, full:bool, models:list, seeds:list, block_size:int, batch_size:int, steps:int, lr:float, warmup_steps:int,
+def bdh_part(ctx:Context, run:Run, full:bool, models:list, seeds:list, seq_len:int, batch_size:int, steps:int, lr:float, warmup_steps:int,
              eval_every:int, eval_batches:int, patience:int, dropout:float, dtype:str, threads:int) -> dict:
     "BDH and its matched baselines, every seed."
-    cfgs = _bdh_configs(full, block_size, dropout)
+    cfgs = _bdh_configs(full, seq_len, dropout)
     train = dict(max_steps=steps, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_batches=eval_batches, patience=patience, dtype=dtype)
-    specs = {m: [dict(kind=m, config=cfgs[m], data='tinyshakespeare', data_root=ctx.data_root, block_size=block_size, batch_size=batch_size,
+    specs = {m: [dict(kind=m, config=cfgs[m], data='tinyshakespeare', data_root=ctx.data_root, seq_len=seq_len, batch_size=batch_size,
                       seed=s, threads=threads, train=train, run_dir=str(run.path/'runs'/f'{m}-seed{s}')) for s in seeds] for m in models}
     return dict(_study(ctx, run, specs, 'bdh', ['val_bpb', 'best_val_loss', 'tokens_per_s']), shapes=cfgs)
 
 # %% ../../nbs/58_bench.gpu_parts.ipynb #73d7897b
 @part('backpack', "seed 002's Backpack (6 layers, d 384, 16 senses) against the standard transformer on Europarl, early stopping, 3 seeds",
-      gpu=dict(full=True, seeds=[0, 1, 2], vocab=8192, block_size=256, batch_size=32, steps=1500, lr=6e-4, warmup_steps=50, eval_every=100,
+      gpu=dict(full=True, seeds=[0, 1, 2], vocab=8192, seq_len=256, batch_size=32, steps=1500, lr=6e-4, warmup_steps=50, eval_every=100,
                eval_batches=8, patience=3, dropout=0.1, dtype='amp_bf16', threads=4),
-      dry=dict(full=False, seeds=[0], vocab=300, block_size=32, batch_size=4, steps=4, lr=1e-3, warmup_steps=1, eval_every=2, eval_batches=1,
+      dry=dict(full=False, seeds=[0], vocab=300, seq_len=32, batch_size=4, steps=4, lr=1e-3, warmup_steps=1, eval_every=2, eval_batches=1,
                patience=2, dropout=0.1, dtype='fp32', threads=1),
       planned=lambda s, rate: _study_planned(dict(s, models=['backpack', 'standard']), rate, 30e6 if s['full'] else 1e5),
       headline=lambda m: ', '.join(f"{k} {v['best_val_loss_mean']:.3f}" for k, v in m['models'].items()) + ' nats/token (best held-out, mean over seeds)')
-def backpack_part(ctx:Context, run:Run, full:bool, seeds:list, vocab:int, block_size:int, batch_size:int, steps:int, lr:float, warmup_steps:int,
+def backpack_part(ctx:Context, run:Run, full:bool, seeds:list, vocab:int, seq_len:int, batch_size:int, steps:int, lr:float, warmup_steps:int,
                   eval_every:int, eval_batches:int, patience:int, dropout:float, dtype:str, threads:int) -> dict:
     "Backpack and the standard transformer, every seed."
     from stackwise.models.backpack import backpack_europarl
     shape = {} if full else dict(d_model=32, n_layers=2, n_heads=2, n_senses=4)
-    cfg = {k: v for k, v in vars(backpack_europarl(max_seq_len=block_size, dropout=dropout, **shape)).items() if k != 'vocab_size'}
+    cfg = {k: v for k, v in vars(backpack_europarl(max_seq_len=seq_len, dropout=dropout, **shape)).items() if k != 'vocab_size'}
     train = dict(max_steps=steps, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_batches=eval_batches, patience=patience, dtype=dtype)
-    specs = {m: [dict(kind=m, config=cfg, data='europarl_fr_en', data_root=ctx.data_root, tokenizer=f'bpe:{vocab}', block_size=block_size,
+    specs = {m: [dict(kind=m, config=cfg, data='europarl_fr_en', data_root=ctx.data_root, tokenizer=f'bpe:{vocab}', seq_len=seq_len,
                       batch_size=batch_size, seed=s, threads=threads, train=train, run_dir=str(run.path/'runs'/f'{m}-seed{s}')) for s in seeds]
              for m in ('backpack', 'standard')}
     return dict(_study(ctx, run, specs, 'backpack', ['best_val_loss', 'val_bpb', 'tokens_per_s']), shape=cfg)

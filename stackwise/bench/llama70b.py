@@ -48,14 +48,14 @@ def planned_seconds(s:dict, # the run's settings: shape, seq_len, batch_size, st
 
 # %% ../../nbs/57_bench.llama70b.ipynb #b3e97996
 def token_batches(data:str='tinyshakespeare', # a registry LM corpus (`datasets.load_dataset`, synthetic when it is not there), or 'synthetic'
-                  seq:int=2048, batch:int=1, root=None, seed:int=0, val_fraction:float=0.1):
-    "Training and validation `BlockLoader`s of byte-token blocks [batch, seq + 1], the last `val_fraction` held out (the synthetic language, loudly, without a local copy)."
+                  seq_len:int=2048, batch_size:int=1, root=None, seed:int=0, val_fraction:float=0.1):
+    "Training and validation `BlockLoader`s of byte-token blocks [batch_size, seq_len + 1], the last `val_fraction` held out (the synthetic language, loudly, without a local copy)."
     from stackwise.data.packing import BlockLoader, TokenBlocks, packed_corpus
     from stackwise.data.sources import lm_texts
     from stackwise.data.tokenization import ByteTokenizer
     t = lm_texts(data, root, val_fraction=val_fraction, seed=seed)  # no copy and no hub: the synthetic language, loudly
     train, val = (np.asarray(packed_corpus(t[k], ByteTokenizer(), progress=False)) for k in ('train', 'val'))
-    return BlockLoader(TokenBlocks(train, seq), batch, seed=seed), BlockLoader(TokenBlocks(val, seq), batch, shuffle=False)
+    return BlockLoader(TokenBlocks(train, seq_len), batch_size, seed=seed), BlockLoader(TokenBlocks(val, seq_len), batch_size, shuffle=False)
 
 def layerwise_run(cfg:ModelConfig, train_data, # a BlockLoader (`token_batches`)
                   val_data=None, # held-out batches: the whole model's loss on them after each layer (None: none)

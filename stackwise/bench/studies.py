@@ -18,6 +18,7 @@ from ..data.sources import lm_texts
 from ..models.rack import Rack
 from ..models.counting import count_parameters
 from ..models.protocol import LogitsLM
+from ..runs import read_config
 
 # %% auto #0
 __all__ = ['study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config', 'match_parameters',
@@ -128,7 +129,7 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
     base = rss_mb() if base is None else base
     texts = lm_texts(spec['data'], spec.get('data_root'), val_fraction=spec.get('val_fraction', 0.1))
     tok = study_tokenizer(spec.get('tokenizer', 'bytes'), texts['train'])
-    T, B, seed = spec['block_size'], spec['batch_size'], spec.get('seed', 0)
+    T, B, seed = spec['seq_len'], spec['batch_size'], spec.get('seed', 0)
     ids = {s: np.asarray(packed_corpus(texts[s], tok, progress=False)) for s in ('train', 'val')}
     train = BlockLoader(TokenBlocks(ids['train'], T), B, seed=seed)
     val = BlockLoader(TokenBlocks(ids['val'], T), B, shuffle=False)
@@ -228,14 +229,14 @@ def study_header(path:str|Path, # a complete run folder of a study (bdh, backpac
     from stackwise.core import read_json
     path = Path(path)
     env, m = read_json(path/'env.json'), read_json(path/'metrics.json')
-    cfg = yaml.safe_load((path/'config.yaml').read_text()) or {}
+    cfg = read_config(path)
     dev = env.get('device', {})
     seeds = m.get('seeds', [])
     lines = [f"**Run** `{path.name}` ({env.get('time_utc', '?')}, commit `{(env.get('git', {}).get('commit') or '?')[:10]}`).",
              f"**Hardware**: {m.get('device') or dev.get('name', '?')}" + (f" ({dev['cores']} cores, {dev.get('memory_gib', '?')} GiB)" if dev.get('cores') else '')
              + f", torch {env.get('packages', {}).get('torch', '?')}, {m.get('threads', '?')} thread(s) per run, each model's seeds in a process of its own; "
              "times and tokens/s are as measured on that machine, shared with other work when the run was made.",
-             f"**Budget**: {cfg.get('steps')} steps of {cfg.get('batch_size')} x {cfg.get('block_size')} tokens "
+             f"**Budget**: {cfg.get('steps')} steps of {cfg.get('batch_size')} x {cfg.get('seq_len')} tokens "
              f"({m.get('tokens_per_run', 0):,} training tokens) per model and seed, early stopping after {cfg.get('patience')} evaluations "
              f"without a new best; {len(seeds)} seeds ({', '.join(map(str, seeds))}); {m.get('wall_s', 0):.0f} s for all runs.",
              f"**Data**: {m.get('data_source', '?')}."]

@@ -16,7 +16,7 @@ from ..core import StackwiseError, write_json, read_json
 from .tokenization import Tokenizer, cache_dir
 
 # %% auto #0
-__all__ = ['pack_tokens', 'load_tokens', 'packed_corpus', 'TokenBlocks', 'BlockLoader', 'stream_blocks']
+__all__ = ['pack_tokens', 'load_tokens', 'packed_corpus', 'TokenBlocks', 'BlockLoader', 'stream_blocks', 'lm_blocks']
 
 # %% ../../nbs/12_data.packing.ipynb #59953bda
 def _dtype(vocab_size:int): return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
@@ -81,16 +81,16 @@ def packed_corpus(texts, # a `datasets.Dataset` with a `text` column, or a list 
 
 # %% ../../nbs/12_data.packing.ipynb #31e96af0
 class TokenBlocks(torch.utils.data.Dataset):
-    "Contiguous blocks of `block_size + 1` tokens over a token array (inputs and next-token targets)."
-    def __init__(self, tokens:np.ndarray, block_size:int):
-        if len(tokens) < block_size + 1:
-            raise StackwiseError(f'{len(tokens):,} tokens are fewer than one block of {block_size} + 1: use a smaller block_size or more text')
-        self.tokens, self.block_size = tokens, block_size
-    def __len__(self): return (len(self.tokens) - 1) // self.block_size
+    "Contiguous blocks of `seq_len + 1` tokens over a token array (inputs and next-token targets)."
+    def __init__(self, tokens:np.ndarray, seq_len:int):
+        if len(tokens) < seq_len + 1:
+            raise StackwiseError(f'{len(tokens):,} tokens are fewer than one block of {seq_len} + 1: use a smaller seq_len or more text')
+        self.tokens, self.seq_len = tokens, seq_len
+    def __len__(self): return (len(self.tokens) - 1) // self.seq_len
     def __getitem__(self, i):
         if not 0 <= i < len(self): raise IndexError(i)
-        s = i * self.block_size
-        return torch.from_numpy(np.asarray(self.tokens[s:s + self.block_size + 1], dtype=np.int64))
+        s = i * self.seq_len
+        return torch.from_numpy(np.asarray(self.tokens[s:s + self.seq_len + 1], dtype=np.int64))
 
 # %% ../../nbs/12_data.packing.ipynb #3db0128f
 class BlockLoader:
@@ -99,7 +99,7 @@ class BlockLoader:
                  collate=torch.stack, # makes a batch of a list of items (e.g. a `ClassificationCollator` over text rows)
                 ):
         if len(blocks) < batch_size:
-            raise StackwiseError(f'{len(blocks)} blocks cannot fill a batch of {batch_size}: lower batch_size or block_size, or add text')
+            raise StackwiseError(f'{len(blocks)} blocks cannot fill a batch of {batch_size}: lower batch_size or seq_len, or add text')
         self.blocks, self.batch_size, self.seed, self.shuffle, self.collate = blocks, batch_size, seed, shuffle, collate
         self.epoch, self.batch = 0, 0
 
@@ -111,7 +111,7 @@ class BlockLoader:
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        "Batches (`[batch_size, block_size + 1]` for token blocks), forever, epoch after epoch, from the current position."
+        "Batches (`[batch_size, seq_len + 1]` for token blocks), forever, epoch after epoch, from the current position."
         while True:
             order = self.order(self.epoch)
             while self.batch < len(self):
@@ -129,21 +129,32 @@ class BlockLoader:
         mine = dict(n_blocks=len(self.blocks), batch_size=self.batch_size)
         if any(state[k] != v for k, v in mine.items()):
             raise StackwiseError(f'the data position was saved for {state["n_blocks"]} blocks in batches of {state["batch_size"]}, '
-                                 f'this loader has {mine["n_blocks"]} in batches of {mine["batch_size"]}: resume with the same data, block_size and batch_size')
+                                 f'this loader has {mine["n_blocks"]} in batches of {mine["batch_size"]}: resume with the same data, seq_len and batch_size')
         self.seed, self.epoch, self.batch = state['seed'], state['epoch'], state['batch']
 
 # %% ../../nbs/12_data.packing.ipynb #504138bf
 def stream_blocks(texts:Iterable[str], # documents, e.g. `load_dataset(name, streaming=True)`'s `text` column
                   tokenizer:Tokenizer,
-                  block_size:int,
+                  seq_len:int,
                   skip:int=0, # blocks already consumed (the resumable position)
                   batch_size:int=64, # documents tokenized per call
                  ) -> Iterator[torch.Tensor]:
-    "Blocks of `block_size + 1` tokens, made on the fly from a stream of documents."
+    "Blocks of `seq_len + 1` tokens, made on the fly from a stream of documents."
     eos, buf, made, it = tokenizer.eos_token_id, [], 0, iter(texts)
     while docs := list(itertools.islice(it, batch_size)):
         for ids in tokenizer.encode(docs): buf += ids + ([eos] if eos is not None else [])
-        while len(buf) >= block_size + 1:
-            block, buf = buf[:block_size + 1], buf[block_size:]
+        while len(buf) >= seq_len + 1:
+            block, buf = buf[:seq_len + 1], buf[seq_len:]
             if made >= skip: yield torch.tensor(block)
             made += 1
+
+# %% ../../nbs/12_data.packing.ipynb #328cb5bf
+def lm_blocks(data:str, tokenizer, seq_len:int, # a registry LM corpus or "synthetic"; its tokenizer; tokens per sequence
+              seed:int=0, # the synthetic language's seed
+              validate:bool=True, # also the blocks of the validation split
+              root=None) -> tuple[TokenBlocks, TokenBlocks|None]:
+    "Training token blocks of `data` and (with `validate`) those of its validation split; no fallback."
+    from stackwise.data.sources import lm_texts
+    t = lm_texts(data, root, split='train', val_split='validation' if validate else None, val_fraction=0.0, seed=seed, fallback=False)
+    blocks = lambda texts: TokenBlocks(packed_corpus(texts, tokenizer, progress=False), seq_len)
+    return blocks(t['train']), blocks(t['val']) if validate else None

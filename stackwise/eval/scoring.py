@@ -41,12 +41,7 @@ def token_logprobs(model, ids, # a causal LM; token ids [N]
                    batch_size:int=8, progress:bool=False) -> tuple[torch.Tensor, torch.Tensor]:
     "log p(x_t | x_<t) [N-1] (float64; NaN where no window scores t) and whether x_t was the argmax, for t = 1..N-1."
     if not is_causal_lm(model): raise StackwiseError('log-likelihood by the chain rule needs a causal LM: switch a Rack with rack.causal = True, or score a masked LM by pseudo-log-likelihood with continuation_logprobs')
-    ids = torch.as_tensor(ids).flatten()
-    max_len = max_len or max_length(model)
-    stride = stride or max(1, max_len // 2)
-    if len(ids) < 2: raise StackwiseError('scoring needs at least 2 tokens')
-    if not 0 < stride <= max_len: raise StackwiseError(f'stride {stride} must be in 1..max_len ({max_len})')
-    model.eval()
+    ids, max_len, stride = _window_args(model, ids, max_len, stride)
     logp, greedy = torch.full((len(ids) - 1,), math.nan, dtype=torch.float64), torch.zeros(len(ids) - 1, dtype=torch.bool)
     wins, dev, groups = _windows(len(ids), max_len, stride), model_device(model), {}
     for w in wins: groups.setdefault(w[1] - w[0], []).append(w)  # windows of equal length go through together
@@ -77,12 +72,7 @@ def perplexity(model, ids, # a causal LM, or a masked/diffusion LM with `mask_to
         nll, n, scoring = -scored.sum().item(), len(scored), 'log-likelihood'
     else:
         if mask_token_id is None: raise StackwiseError('a non-causal model has no chain rule: pass mask_token_id to score it by the diffusion ELBO, or switch a Rack with rack.causal = True')
-        ids = torch.as_tensor(ids).flatten()
-        max_len = max_len or max_length(model)
-        stride = stride or max(1, max_len // 2)
-        if len(ids) < 2: raise StackwiseError('scoring needs at least 2 tokens')
-        if not 0 < stride <= max_len: raise StackwiseError(f'stride {stride} must be in 1..max_len ({max_len})')
-        model.eval()
+        ids, max_len, stride = _window_args(model, ids, max_len, stride)
         wins = _windows(len(ids), max_len, stride)  # the same tokens a causal LM scores, each once, with the same left context
         nll = sum(elbo_nll(model, ids[b:e], range(s - b, e - b), mask_token_id, n_samples, seed=k, batch_size=batch_size)
                   for k, (b, e, s) in enumerate(tqdm(wins, desc='scoring', disable=not progress)))
@@ -95,6 +85,16 @@ def text_perplexity(model, tokenizer, text:str, **kw) -> dict:
     if not is_causal_lm(model) and kw.get('mask_token_id') is None: kw['mask_token_id'] = getattr(tokenizer, 'mask_token_id', None)
     r, n_bytes = perplexity(model, tokenizer.encode([text])[0], **kw), len(text.encode('utf-8'))
     return r | dict(n_bytes=n_bytes, bits_per_byte=bits_per_byte(r['nll'], r['n_tokens'], n_bytes))
+
+def _window_args(model, ids, max_len:int|None, stride:int|None) -> tuple[torch.Tensor, int, int]:
+    "The token ids flat, the window length (default: the model's context) and stride (default: half a window), checked; the model in eval mode."
+    ids = torch.as_tensor(ids).flatten()
+    max_len = max_len or max_length(model)
+    stride = stride or max(1, max_len // 2)
+    if len(ids) < 2: raise StackwiseError('scoring needs at least 2 tokens')
+    if not 0 < stride <= max_len: raise StackwiseError(f'stride {stride} must be in 1..max_len ({max_len})')
+    model.eval()
+    return ids, max_len, stride
 
 # %% ../../nbs/41_eval.scoring.ipynb #f62198ac
 def _pll_rows(ids:torch.Tensor, positions:list[int], mask_id:int) -> torch.Tensor:

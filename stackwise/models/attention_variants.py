@@ -70,11 +70,8 @@ class LinearAttention(Attention):
     "Kernel attention phi(q) (phi(k)^T v) / normaliser: full sums when bidirectional, prefix sums when causal."
     eps = 1e-6  # keeps the normaliser off zero
     def __init__(self, cfg:ModelConfig, layer:int=0):
-        nn.Module.__init__(self)  # not Attention.__init__, which would make a window and more than we use
-        self.n_heads, self.n_kv_heads, self.head_dim, self.layer = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, layer
-        self.causal, self.dropout, self.window, self.phi = cfg.causal, cfg.dropout, None, _FEATURE_MAPS[cfg.feature_map]
-        self.qkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.bias)
-        self.out = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        super().__init__(cfg, layer)  # the same projections as softmax attention
+        self.window, self.phi = None, _FEATURE_MAPS[cfg.feature_map]  # no sliding window: the sums cover the whole prefix
 
     def forward(self, x, # [B, T, d_model]
                 rope=None, # (cos, sin) for these positions, when the model uses RoPE

@@ -131,10 +131,10 @@ class BackpackLM(nn.Module):
 
 # %% ../../nbs/28_models.backpack.ipynb #dafe95a1
 def overfit_losses(model:nn.Module, # returns (logits, loss) from (idx, targets)
-                   vocab_size:int, steps:int=30, batch:int=4, seq_len:int=32, lr:float=1e-2, seed:int=0) -> list[float]:
+                   vocab_size:int, steps:int=30, batch_size:int=4, seq_len:int=32, lr:float=1e-2, seed:int=0) -> list[float]:
     "Training losses of `steps` AdamW steps on one fixed random batch: a smoke test that gradients reach everything."
     g = torch.Generator().manual_seed(seed)
-    data = torch.randint(0, vocab_size, (batch, seq_len + 1), generator=g)
+    data = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=g)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     losses = []

@@ -156,12 +156,12 @@ class DepthConfig:
         if self.cache_budget is not None and self.cache_budget < 0: raise StackwiseError(f'cache_budget must be >= 0 bytes, got {self.cache_budget}')
         if self.flops_budget is not None and not self.flops_budget > 0: raise StackwiseError(f'flops_budget must be positive, got {self.flops_budget}')
 
-def check_depth(depth:DepthConfig, cfg:ModelConfig, batch_size:int, block_size:int) -> list[Stage]:
+def check_depth(depth:DepthConfig, cfg:ModelConfig, batch_size:int, seq_len:int) -> list[Stage]:
     "The stages `depth` plans for a Rack of `cfg`, once what depends on the model and batch shapes is checked (units, bands, the cache budget)."
     units = unit_blocks(cfg, depth.mode, depth.k)
     stages = plan_stages(len(units), depth.mode, depth.curriculum, depth.bands)
     if depth.cache_budget is not None and depth.cache != 'none' and any(s.cacheable for s in stages):
-        check_cache_budget((batch_size, block_size, cfg.d_model), depth.cache_dtype, depth.cache_budget)
+        check_cache_budget((batch_size, seq_len, cfg.d_model), depth.cache_dtype, depth.cache_budget)
     return stages
 
 # %% ../../nbs/36_train.curricula.ipynb #17cdc3d2

@@ -54,7 +54,7 @@ class DepthTrainer:
         if run is not None and not d.masters:
             raise StackwiseError('masters=False cannot checkpoint (a checkpoint points at the fp32 unit files): pass run=None and record the figures yourself')
         self.device, self.policy = resolve_device(device), dtype_policy(c.dtype)
-        self.B, self.T = train_data.batch_size, train_data.blocks.block_size
+        self.B, self.T = train_data.batch_size, train_data.blocks.seq_len
         self.shape = (self.B, self.T, rack.cfg.d_model)
         self.stages = check_depth(d, rack.cfg, self.B, self.T)
         self.units = unit_blocks(rack.cfg, d.mode, d.k)
@@ -63,7 +63,7 @@ class DepthTrainer:
         self.fwd = forward_flops(rack.cfg, self.T)
         if d.fresh_batches and len(train_data) < len(self.stages):
             raise StackwiseError(f'fresh_batches needs a batch of its own for each of the {len(self.stages)} stages, the data hold {len(train_data)}: '
-                                 f'add text, lower batch_size or block_size, or set fresh_batches=False')
+                                 f'add text, lower batch_size or seq_len, or set fresh_batches=False')
         self.steps = stage_steps(d, self.stages, self.units, self.fwd, self.shape, c.grad_accum, len(train_data), c.max_steps)
         self.n_slots = slots_per_stage(d, self.steps, c.grad_accum, len(train_data), len(self.stages))
         # the Rack on the device: embeddings and head now, blocks now (an ordinary Rack) or at their stage (a lazy one)

@@ -14,7 +14,7 @@ import torch.nn as nn
 from .. import hardware
 from ..config import ModelConfig, load_config
 from ..core import StackwiseError
-from ..hardware import DATASHEET_TFLOPS
+from ..hardware import DATASHEET_MEMORY, DATASHEET_TFLOPS
 from ..models.counting import count_parameters, flops_per_token, forward_flops
 from ..models.rack import Rack
 from .cache import CACHE_DTYPES, check_choice
@@ -54,8 +54,8 @@ def fmt_seconds(s:float) -> str:
         if s >= n: return f'{s / n:,.1f} {unit}'
     return f'{s:,.1f} s'
 
-# GPU memory (datasheet, decimal GB) and the datasheet name whose dense bf16 peak `hardware.DATASHEET_TFLOPS` holds
-GPUS = {'h100': dict(name='H100 SXM', memory=80e9), 'h200': dict(name='H200', memory=141e9), 'a100': dict(name='A100', memory=80e9)}
+# the GPUs the planner knows by short name: their memory and dense bf16 peak are the `hardware` datasheet tables'
+GPUS = {'h100': 'H100 SXM', 'h200': 'H200', 'a100': 'A100'}  # the planner's names of the `hardware` datasheet entries
 # what a CUDA process holds besides its tensors: the context (~0.5 GB), cuBLAS/NCCL workspaces and the caching allocator's slack
 GPU_RUNTIME_BYTES = 2e9
 
@@ -63,7 +63,7 @@ def check_gpu(gpu:str) -> dict:
     "The `GPUS` entry for `gpu` (its datasheet memory and bf16 peak), or an error listing them."
     key = str(gpu).lower().replace('-', '').replace('nvidia', '').strip()
     if key not in GPUS: raise StackwiseError(f'unknown gpu {gpu!r}: use one of {", ".join(GPUS)}')
-    g = GPUS[key]
+    g = dict(name=GPUS[key], memory=DATASHEET_MEMORY[GPUS[key]])
     return dict(g, key=key, bf16_tflops=DATASHEET_TFLOPS[g['name']]['bf16'])
 
 def gpu_key(device=None) -> str|None:
@@ -71,7 +71,7 @@ def gpu_key(device=None) -> str|None:
     dev = hardware.resolve_device(device)
     if dev.type != 'cuda': return None
     model = hardware.gpu_model(torch.cuda.get_device_name(dev))
-    return next((k for k, g in GPUS.items() if g['name'] == model), 'h100' if model == 'H100 PCIe' else None)
+    return next((k for k, g in GPUS.items() if g == model), 'h100' if model == 'H100 PCIe' else None)
 
 # %% ../../nbs/39_train.plan.ipynb #3e9c0e4b
 _DT_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
@@ -153,8 +153,8 @@ class PlanSetup:
     "What a memory/time plan is made for: the model, how it is trained, and the machine."
     cfg: ModelConfig
     mode: str = 'layerwise'  # e2e | layerwise (left2right, one layer a stage, input cached)
-    batch: int = 1
-    seq: int = 2048
+    batch_size: int = 1  # sequences per step
+    seq_len: int = 2048  # tokens per sequence
     dtype: str = 'amp_bf16'  # a stackwise.train.dtypes policy (8-bit AdamW: amp_bf16_8bit)
     frozen_dtype: str = 'nf4'  # layerwise: how the trained layers are kept (fp32 | bf16 | int8 | nf4)
     cache_dtype: str = 'bf16'  # layerwise: the activation cache's dtype
@@ -171,7 +171,7 @@ class PlanSetup:
         if self.activations not in ACTIVATION_MODELS: raise StackwiseError(f'unknown activation model {self.activations!r}: use one of {", ".join(ACTIVATION_MODELS)}')
         dtype_policy(self.dtype)
         check_choice(self.frozen_dtype, FROZEN_DTYPES, 'frozen dtype'); check_choice(self.cache_dtype, CACHE_DTYPES, 'cache dtype')
-        for k in ('batch', 'seq', 'cache_batches'):
+        for k in ('batch_size', 'seq_len', 'cache_batches'):
             if getattr(self, k) < 1: raise StackwiseError(f'{k} must be >= 1, got {getattr(self, k)}')
         if self.gpu is not None: check_gpu(self.gpu)
         self.host_ram, self.disk = parse_size(self.host_ram, 'host RAM'), parse_size(self.disk, 'disk')
@@ -180,33 +180,33 @@ class PlanSetup:
 def layer_activation_bytes(su:PlanSetup) -> float:
     "One layer's activations under the setup's activation model."
     c = su.cfg
-    if su.activations == 'korthikanti': return korthikanti_activation_bytes(su.seq, su.batch, c.d_model, c.n_heads)
-    return stackwise_activation_bytes(c, su.batch, su.seq, su.dtype)
+    if su.activations == 'korthikanti': return korthikanti_activation_bytes(su.seq_len, su.batch_size, c.d_model, c.n_heads)
+    return stackwise_activation_bytes(c, su.batch_size, su.seq_len, su.dtype)
 
 def _rows_e2e(su:PlanSetup, parts:dict) -> list:
     c, per = su.cfg, state_bytes_per_param(su.dtype)
     n = count_parameters(c)
-    acts = c.n_layers * layer_activation_bytes(su) + head_activation_bytes(c, su.batch, su.seq, su.dtype)
+    acts = c.n_layers * layer_activation_bytes(su) + head_activation_bytes(c, su.batch_size, su.seq_len, su.dtype)
     return [('weights', per['weights'] * n, 'train', f'{n:,} params x {per["weights"]} B'),
             ('gradients', per['grads'] * n, 'grads', f'{n:,} x {per["grads"]} B'),
             ('optimizer', per['optimizer'] * n, 'train', f'AdamW moments, {per["optimizer"]} B/param'),
-            ('activations', acts, 'acts', f'{c.n_layers} layers + head, B={su.batch} T={su.seq} ({su.activations})')]
+            ('activations', acts, 'acts', f'{c.n_layers} layers + head, B={su.batch_size} T={su.seq_len} ({su.activations})')]
 
 def _rows_layerwise(su:PlanSetup, parts:dict) -> list:
     "The last stage (the largest trunk): one block, the head, the frozen embeddings and L-1 frozen blocks, the cache."
     c, per = su.cfg, state_bytes_per_param(su.dtype)
     n = parts['block'] + parts['head']
     w = _DT_BYTES[dtype_policy(su.dtype).param_dtype]
-    cache = su.cache_batches * su.batch * su.seq * c.d_model * CACHE_DTYPES[su.cache_dtype].itemsize
+    cache = su.cache_batches * su.batch_size * su.seq_len * c.d_model * CACHE_DTYPES[su.cache_dtype].itemsize
     trunk = (c.n_layers - 1) * frozen_bytes(parts['meta_block'], su.frozen_dtype, su.dtype)
-    acts = layer_activation_bytes(su) + head_activation_bytes(c, su.batch, su.seq, su.dtype)
+    acts = layer_activation_bytes(su) + head_activation_bytes(c, su.batch_size, su.seq_len, su.dtype)
     rows = [('weights', per['weights'] * n, 'train', f'1 block + head: {n:,} params x {per["weights"]} B'),
             ('gradients', per['grads'] * n, 'grads', f'{n:,} x {per["grads"]} B'),
             ('optimizer', per['optimizer'] * n, 'train', f'AdamW moments, {per["optimizer"]} B/param'),
-            ('activations', acts, 'acts', f'1 layer + head, B={su.batch} T={su.seq} ({su.activations})'),
+            ('activations', acts, 'acts', f'1 layer + head, B={su.batch_size} T={su.seq_len} ({su.activations})'),
             ('embeddings (frozen)', w * parts['embed'], 'train', f'{parts["embed"]:,} params x {w} B'),
             ('frozen trunk', trunk, 'trunk', f'{c.n_layers - 1} blocks in {su.frozen_dtype}'),
-            ('activation cache', cache, 'cache', f'{su.cache_batches} batches x {su.batch} x {su.seq} x {c.d_model} in {su.cache_dtype}')]
+            ('activation cache', cache, 'cache', f'{su.cache_batches} batches x {su.batch_size} x {su.seq_len} x {c.d_model} in {su.cache_dtype}')]
     saved = c.n_layers * frozen_bytes(parts['meta_block'], su.frozen_dtype, su.dtype) + w * (parts['embed'] + parts['head'])
     rows.append(('saved model', saved, 'saved', f'{c.n_layers} blocks in {su.frozen_dtype}, embeddings and head in {w * 8}-bit'))
     if su.keep_masters and su.frozen_dtype != 'fp32':
@@ -217,7 +217,7 @@ def backward_overlap(su:PlanSetup) -> dict:
     "What the backward pass holds together: `top_grads`, the gradients made while every activation is still held (e2e: the head's and the top block's; layerwise: all, the one block's), and `bottom_acts`, the activations still held when every gradient is made (e2e: the bottom block's; layerwise: all)."
     c, g = su.cfg, state_bytes_per_param(su.dtype)['grads']
     parts = _parts(c)
-    if su.mode == 'layerwise': return dict(top_grads=g * (parts['block'] + parts['head']), bottom_acts=layer_activation_bytes(su) + head_activation_bytes(c, su.batch, su.seq, su.dtype))
+    if su.mode == 'layerwise': return dict(top_grads=g * (parts['block'] + parts['head']), bottom_acts=layer_activation_bytes(su) + head_activation_bytes(c, su.batch_size, su.seq_len, su.dtype))
     return dict(top_grads=g * (parts['block'] + parts['head']), bottom_acts=layer_activation_bytes(su))
 
 def _peak(df:pd.DataFrame, place:str) -> float:
@@ -267,10 +267,10 @@ def plan_flops(su:PlanSetup, tokens:float, # tokens each stage trains on (e2e: i
               ) -> dict:
     "Training FLOPs for `tokens`: e2e 6N + 12·L·d·T per token; layerwise the sum of its stages (`curricula.stage_flops`) and the cache's filling."
     c = su.cfg
-    if su.mode == 'e2e': return dict(train=flops_per_token(c, su.seq) * tokens, cache_fill=0.0, recompute=0.0)
-    fwd, units = forward_flops(c, su.seq), unit_blocks(c, 'layerwise')
+    if su.mode == 'e2e': return dict(train=flops_per_token(c, su.seq_len) * tokens, cache_fill=0.0, recompute=0.0)
+    fwd, units = forward_flops(c, su.seq_len), unit_blocks(c, 'layerwise')
     stages = plan_stages(len(units), 'layerwise', 'left2right', None)
-    cache_tokens = su.cache_batches * su.batch * su.seq
+    cache_tokens = su.cache_batches * su.batch_size * su.seq_len
     out = dict(train=0.0, cache_fill=0.0, recompute=0.0)
     for st in stages:
         f = stage_flops(st, units, fwd, 1, cached=st.cacheable and not fresh)
@@ -305,7 +305,7 @@ def plan(config:str|ModelConfig='decoder/llama_family/70b', mode:str='layerwise'
 def format_plan(p:dict) -> str:
     "A plan as text: the components, each place's peak against its size, the verdict and the time."
     su, t = p['setup'], p['table']
-    lines = [f'{su.mode}: {p["params"]:,} parameters, batch {su.batch} x {su.seq} tokens, {su.dtype}'
+    lines = [f'{su.mode}: {p["params"]:,} parameters, batch {su.batch_size} x {su.seq_len} tokens, {su.dtype}'
              + (f', trunk {su.frozen_dtype}, cache {su.cache_batches} batches in {su.cache_dtype}' if su.mode == 'layerwise' else '')
              + f', activations: {su.activations}']
     w = max(len(c) for c in t.component)

@@ -84,7 +84,8 @@ def batches(self:Trainer, blocks:list) -> list[dict]:
     return out
 
 @patch
-def _logits(self:Trainer, b:dict):
+def logits(self:Trainer, b:dict):
+    "The logits of a collated batch, under the dtype policy's autocast."
     with autocast_ctx(self.policy, self.acc.device):
         out = self.model(input_ids=b['input_ids'], **({'attention_mask': b['attention_mask']} if 'attention_mask' in b else {}))
     return output_logits(out)
@@ -107,7 +108,7 @@ def train_step(self:Trainer, blocks:list) -> dict:
     total = torch.zeros((), device=self.acc.device)
     for i, mb in enumerate(mbs):
         with self.acc.no_sync(self.model) if i < len(mbs) - 1 else nullcontext():
-            ls = loss_sum(self._logits(mb), mb['labels'], obj)
+            ls = loss_sum(self.logits(mb), mb['labels'], obj)
             loss = ls * (self.world / n)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         total += ls.detach()
@@ -127,7 +128,7 @@ def evaluate(self:Trainer) -> float|None:
         torch.manual_seed(self.cfg.seed + 1)  # MLM draws the same masks at every evaluation
         for block in self._val:
             b = self.batches([block])[0]
-            s += loss_sum(self._logits(b), b['labels'], self.cfg.objective); n += n_targets(b['labels'], self.cfg.objective)
+            s += loss_sum(self.logits(b), b['labels'], self.cfg.objective); n += n_targets(b['labels'], self.cfg.objective)
     return (self._global_sum(s) / self._global_sum(n)).item()
 
 # %% ../../nbs/33_train.trainer.ipynb #34f4b53e
