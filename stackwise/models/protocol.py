@@ -32,7 +32,8 @@ class LogitsLM(nn.Module):
         return self.model(input_ids)[0]
 
 def backbone(model:nn.Module) -> nn.Module:
-    "The Rack a wrapper holds as `.rack` (a `TaskModel` head; depth-as-time's `DepthModel`, routing through its units), else `model` itself."
+    "The Rack a wrapper holds as `.rack` (a `TaskModel` head; depth-as-time's `DepthModel`, routing through its units), else `model` itself; through a peft (LoRA) wrapper."
+    if hasattr(model, 'get_base_model'): model = model.get_base_model()  # peft's PeftModel
     inner = getattr(model, 'rack', None)
     return inner if isinstance(inner, Rack) else model
 
