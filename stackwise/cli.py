@@ -125,16 +125,15 @@ def _pairs(words:list[str], example:str) -> list[tuple[str, str]]:
     return [(k, v) for k, _, v in out]
 
 def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
-    "`key=value` pairs: TrainConfig fields (values read as YAML), `model.field=value` model overrides, `depth.field=value` DepthConfig fields."
-    import dataclasses, yaml
-    from stackwise.train.curricula import DepthConfig
-    from stackwise.train.loop import TrainConfig
-    fields, train, model, depth = {f.name for f in dataclasses.fields(TrainConfig)}, {}, [], {}
-    depth_fields = {f.name for f in dataclasses.fields(DepthConfig)}
+    "`key=value` pairs, each typed by its field: TrainConfig fields, `model.field=value` model overrides, `depth.field=value` DepthConfig fields."
+    import dataclasses; from stackwise.core import typed_value; from stackwise.train.curricula import DepthConfig; from stackwise.train.loop import TrainConfig
+    (fields, depth_fields), train, model, depth = ({f.name: f.type for f in dataclasses.fields(c)} for c in (TrainConfig, DepthConfig)), {}, [], {}
     for k, v in _pairs(pairs, 'lr=1e-3 or model.dropout=0.1'):
+        if k in ('dtype', 'objective', 'mask_token_id', 'depth.objective', 'depth.mask_token_id'):  # the flags' (the mask token: the tokenizer's)
+            raise StackwiseError(f'{k} is not an override of stackwise train: use --{k.removeprefix("depth.").replace("_", "-")} (the mask token comes from the tokenizer)')
         if k.startswith('model.'): model.append(f'{k[6:]}={v}')
-        elif k.startswith('depth.') and k[6:] in depth_fields: depth[k[6:]] = yaml.safe_load(v)
-        elif k in fields: train[k] = yaml.safe_load(v)
+        elif k.startswith('depth.') and k[6:] in depth_fields: depth[k[6:]] = typed_value(k, v, depth_fields[k[6:]])
+        elif k in fields: train[k] = typed_value(k, v, fields[k])
         else: raise StackwiseError(f'unknown override {k!r}: use a TrainConfig field ({", ".join(sorted(fields))}), model.<field> '
                                    f'or depth.<field> ({", ".join(sorted(depth_fields))})')
     return train, model, depth

@@ -8,11 +8,44 @@ import json, os, tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['StackwiseError', 'project_root', 'atomic_write', 'write_json', 'read_json']
+__all__ = ['StackwiseError', 'typed_value', 'check_fields', 'project_root', 'atomic_write', 'write_json', 'read_json']
 
 # %% ../nbs/00_core.ipynb #493e5038
 class StackwiseError(Exception):
     "An error caused by the user's input; its message names the cause and the fix."
+
+# %% ../nbs/00_core.ipynb #e33a5848
+def _kinds(annotation) -> tuple[str, bool]:
+    "The base type name of a field annotation (`int`, `'float|None'`, ...) and whether None is allowed."
+    parts = [p.strip() for p in (annotation if isinstance(annotation, str) else getattr(annotation, '__name__', str(annotation))).split('|')]
+    base = next((p for p in parts if p != 'None'), 'None')
+    return base, 'None' in parts
+
+def typed_value(name:str, text:str, annotation) -> object:
+    "`text` (a command-line word) as a value of `annotation`: whole numbers for ints, exponent floats (1e-3) for floats, true/false, none where allowed; YAML for the rest."
+    import yaml
+    base, nullable = _kinds(annotation)
+    if nullable and text.strip().lower() in ('none', 'null', '~'): return None
+    if base == 'str': return text
+    if base in ('int', 'float'):
+        try: v = float(text)
+        except ValueError: raise StackwiseError(f'{name}={text!r} is not a number: give {name} a {base}, e.g. {name}={"10" if base == "int" else "1e-3"}') from None
+        if base == 'float': return v
+        if not v.is_integer(): raise StackwiseError(f'{name}={text!r} is not a whole number: give {name} an int, e.g. {name}={int(v)}')
+        return int(v)
+    v = yaml.safe_load(text)
+    if base == 'bool' and not isinstance(v, bool): raise StackwiseError(f'{name}={text!r} is not true or false: e.g. {name}=true')
+    return v
+
+def check_fields(obj):
+    "Refuse a dataclass whose int, float or bool fields hold another kind of value, naming the field, the value and the fix."
+    import dataclasses, numbers
+    for f in dataclasses.fields(obj):
+        v, (base, nullable) = getattr(obj, f.name), _kinds(f.type)
+        if v is None and nullable: continue
+        ok = {'int': isinstance(v, numbers.Integral) and not isinstance(v, bool), 'float': isinstance(v, numbers.Real) and not isinstance(v, bool),
+              'bool': isinstance(v, bool)}.get(base, True)
+        if not ok: raise StackwiseError(f'{f.name} must be {"an" if base == "int" else "a"} {base}{" or None" if nullable else ""}, got {v!r} ({type(v).__name__}): e.g. {f.name}={f.default!r}')
 
 # %% ../nbs/00_core.ipynb #00157ebc
 def project_root(start:str|Path|None=None, # where to start looking; the working directory by default

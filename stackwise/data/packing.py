@@ -83,6 +83,7 @@ def packed_corpus(texts, # a `datasets.Dataset` with a `text` column, or a list 
 class TokenBlocks(torch.utils.data.Dataset):
     "Contiguous blocks of `seq_len + 1` tokens over a token array (inputs and next-token targets)."
     def __init__(self, tokens:np.ndarray, seq_len:int):
+        if not (isinstance(seq_len, (int, np.integer)) and seq_len >= 1): raise StackwiseError(f'seq_len must be a whole number >= 1, got {seq_len!r}')
         if len(tokens) < seq_len + 1:
             raise StackwiseError(f'{len(tokens):,} tokens are fewer than one block of {seq_len} + 1: use a smaller seq_len or more text')
         self.tokens, self.seq_len = tokens, seq_len
@@ -98,6 +99,7 @@ class BlockLoader:
     def __init__(self, blocks:torch.utils.data.Dataset, batch_size:int, seed:int=0, shuffle:bool=True,
                  collate=torch.stack, # makes a batch of a list of items (e.g. a `ClassificationCollator` over text rows)
                 ):
+        if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1): raise StackwiseError(f'batch_size must be a whole number >= 1, got {batch_size!r}')
         if len(blocks) < batch_size:
             raise StackwiseError(f'{len(blocks)} blocks cannot fill a batch of {batch_size}: lower batch_size or seq_len, or add text')
         self.blocks, self.batch_size, self.seed, self.shuffle, self.collate = blocks, batch_size, seed, shuffle, collate

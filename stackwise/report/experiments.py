@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from ..core import StackwiseError, project_root
+from ..core import StackwiseError, typed_value, project_root
 from ..runs import Run, check_name, run_status, start_run
 
 # %% auto #0
@@ -66,7 +66,8 @@ def check_params(name:str, params:dict, root:str|Path|None=None) -> dict:
     if bad:
         raise StackwiseError(f'experiment {name!r} has no parameter {", ".join(map(repr, bad))}. '
                              f'Its parameters (with defaults): {", ".join(f"{k}={v!r}" for k, v in known.items())}')
-    return params
+    typed = lambda k, v: typed_value(k, str(v), type(known[k]).__name__) if type(known[k]) in (int, float) and not isinstance(v, bool) and type(v) is not type(known[k]) else v
+    return {k: typed(k, v) for k, v in params.items()}  # as the default's type: lr=1e-3 a float, steps=5.7 refused
 
 # %% ../../nbs/60_report.experiments.ipynb #a946cd05
 QUIET_KERNEL = ['--IPKernelApp.log_level=ERROR']  # ipykernel 7 warns at every start that loopback TCP is unencrypted

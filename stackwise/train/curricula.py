@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import ModelConfig
-from ..core import StackwiseError
+from ..core import StackwiseError, check_fields
 from ..data.masking import NOISE_SCHEDULES
 from .cache import CACHE_DTYPES, CACHE_PLACES, OFFLOADS, check_cache_budget, check_choice
 from ..models.quant import FROZEN_DTYPES
@@ -155,6 +155,7 @@ class DepthConfig:
         except ValueError: raise StackwiseError(f'cache_budget and flops_budget are numbers, got {self.cache_budget!r} and {self.flops_budget!r}') from None
         if self.cache_budget is not None and self.cache_budget < 0: raise StackwiseError(f'cache_budget must be >= 0 bytes, got {self.cache_budget}')
         if self.flops_budget is not None and not self.flops_budget > 0: raise StackwiseError(f'flops_budget must be positive, got {self.flops_budget}')
+        check_fields(self)
 
 def check_depth(depth:DepthConfig, cfg:ModelConfig, batch_size:int, seq_len:int) -> list[Stage]:
     "The stages `depth` plans for a Rack of `cfg`, once what depends on the model and batch shapes is checked (units, bands, the cache budget)."

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import StackwiseError
+from ..core import StackwiseError, check_fields
 
 from .dtypes import dtype_policy
 
@@ -57,6 +57,7 @@ class TrainConfig:
     mfu: bool = True  # MFU against `stackwise.hardware.peak_tflops` (measures the CPU peak once)
 
     def __post_init__(self):
+        check_fields(self)  # max_steps=5.7, lr='1e-3': refused, not rounded or crashed on
         dtype_policy(self.dtype)  # an unknown dtype fails here, listing the valid ones
         if self.objective not in OBJECTIVES:
             raise StackwiseError(f'unknown objective {self.objective!r}: use one of {", ".join(OBJECTIVES)}')
@@ -66,8 +67,12 @@ class TrainConfig:
             raise StackwiseError("objective 'mlm' needs mask_token_id (the tokenizer's mask token)")
         if self.attention not in ('auto', 'model'):
             raise StackwiseError(f"unknown attention {self.attention!r}: use 'auto' (stackwise picks the kernel) or 'model' (leave the model's)")
-        for k in ('max_steps', 'grad_accum'):
+        for k in ('max_steps', 'grad_accum', 'eval_batches'):
             if getattr(self, k) < 1: raise StackwiseError(f'{k} must be >= 1, got {getattr(self, k)}')
+        for k in ('warmup_steps', 'eval_every', 'checkpoint_every', 'weight_decay'):
+            if getattr(self, k) < 0: raise StackwiseError(f'{k} must be >= 0, got {getattr(self, k)}')
+        if not self.lr > 0: raise StackwiseError(f'lr must be positive, got {self.lr}: e.g. lr=3e-4')
+        if not 0 <= self.min_lr_ratio <= 1: raise StackwiseError(f'min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}')
 
 UNHASHED = ('eval_every', 'eval_batches', 'patience', 'checkpoint_every', 'progress', 'tensorboard', 'wandb', 'mfu')
 
