@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse, sys
 
 import stackwise
-from .core import StackwiseError
+from .core import StackwiseError, kv_pairs
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['COUNT', 'OPTIONAL_COUNT', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #3e3738cc
 def _hardware(a):
@@ -27,7 +27,7 @@ def _model(a):
     from stackwise.models import counting
     if a.list or not a.config:
         print('\n'.join(config.list_presets())); return
-    cfg = config.load_config(a.config, [f'{k}={v}' for k, v in _pairs(a.overrides, 'n_layers=4')])
+    cfg = config.load_config(a.config, [f'{k}={v}' for k, v in kv_pairs(a.overrides, 'n_layers=4')])
     table = counting.parameter_table(cfg)
     print(f'{a.config}: {cfg.source or cfg.family}')
     print(table.to_string(index=False, formatters=dict(parameters='{:,}'.format, share='{:.1%}'.format)))
@@ -40,7 +40,7 @@ def _plan(a):
               activations=a.activations, host_ram=a.host_ram, disk=a.disk, keep_masters=not a.no_masters)
     gpu = None if a.gpu == 'cpu' else a.gpu
     modes = [a.mode] + (['e2e'] if a.mode != 'e2e' else [])
-    plans = [sp.plan(a.config, m, gpu, tokens=a.tokens, mfu=a.mfu, overrides=[f'{k}={v}' for k, v in _pairs(a.overrides, 'n_layers=4')], **kw) for m in modes]
+    plans = [sp.plan(a.config, m, gpu, tokens=a.tokens, mfu=a.mfu, overrides=[f'{k}={v}' for k, v in kv_pairs(a.overrides, 'n_layers=4')], **kw) for m in modes]
     print(f'{a.config} on one {gpu.upper() if gpu else "CPU"} (host RAM {sp.fmt_bytes(plans[0]["capacity"]["host"])}, disk {sp.fmt_bytes(plans[0]["capacity"]["disk"])})\n')
     for p in plans: print(sp.format_plan(p) + '\n')
     for p in plans: print(sp.verdict(p))
@@ -51,7 +51,7 @@ def _experiment(a):
         for n in experiments.list_experiments():
             print(n + '  ' + ' '.join(f'{k}={v!r}' for k, v in experiments.experiment_parameters(n).items()))
         return
-    run = experiments.run_experiment(a.name, experiments.parse_params(_pairs(a.params, 'size=512')), results=a.results)
+    run = experiments.run_experiment(a.name, experiments.parse_params(kv_pairs(a.params, 'size=512')), results=a.results)
     print(f'run folder: {run.path}')
 
 def _runs(a):
@@ -117,61 +117,9 @@ def _data(a):
     if len(bad): raise StackwiseError(f'{len(bad)} count(s) differ from the registry: ' + ', '.join(f'{r.dataset}/{r.split} {r.check} {r.actual} != {r.expected}' for r in bad.itertuples()))
     print(f'{int(checks.match.notna().sum())} counts match the registry, in {checks.dataset.nunique()} datasets under {root}')
 
-def _pairs(words:list[str], example:str) -> list[tuple[str, str]]:
-    "`KEY=VALUE` words as (key, value) strings: the one override syntax of every command."
-    out = [w.partition('=') for w in words]
-    bad = [w for w, (k, sep, _) in zip(words, out) if not (k and sep)]
-    if bad: raise StackwiseError(f'override {bad[0]!r} is not KEY=VALUE (e.g. {example})')
-    return [(k, v) for k, _, v in out]
-
-def _split_overrides(pairs:list[str]) -> tuple[dict, list[str], dict]:
-    "`key=value` pairs, each typed by its field: TrainConfig fields, `model.field=value` model overrides, `depth.field=value` DepthConfig fields."
-    import dataclasses; from stackwise.core import typed_value; from stackwise.train.curricula import DepthConfig; from stackwise.train.loop import TrainConfig
-    (fields, depth_fields), train, model, depth = ({f.name: f.type for f in dataclasses.fields(c)} for c in (TrainConfig, DepthConfig)), {}, [], {}
-    for k, v in _pairs(pairs, 'lr=1e-3 or model.dropout=0.1'):
-        if k in ('dtype', 'objective', 'mask_token_id', 'depth.objective', 'depth.mask_token_id'):  # the flags' (the mask token: the tokenizer's)
-            raise StackwiseError(f'{k} is not an override of stackwise train: use --{k.removeprefix("depth.").replace("_", "-")} (the mask token comes from the tokenizer)')
-        if k.startswith('model.'): model.append(f'{k[6:]}={v}')
-        elif k.startswith('depth.') and k[6:] in depth_fields: depth[k[6:]] = typed_value(k, v, depth_fields[k[6:]])
-        elif k in fields: train[k] = typed_value(k, v, fields[k])
-        else: raise StackwiseError(f'unknown override {k!r}: use a TrainConfig field ({", ".join(sorted(fields))}), model.<field> '
-                                   f'or depth.<field> ({", ".join(sorted(depth_fields))})')
-    return train, model, depth
-
 def _train(a):
-    import dataclasses, torch
-    from stackwise.config import family_preset, load_config
-    from stackwise.train.curricula import DepthConfig, check_depth
-    from stackwise.train.depth import DepthTrainer
-    from stackwise.models.rack import lazy_rack
-    from stackwise.data.packing import BlockLoader, lm_blocks
-    from stackwise.models.rack import Rack
-    from stackwise.runs import start_run
-    from stackwise.data.tokenization import get_tokenizer
-    from stackwise.train.loop import TrainConfig
-    from stackwise.train.trainer import Trainer
-    train_over, model_over, depth_over = _split_overrides(a.overrides)
-    depth = bool(a.mode or a.curriculum or a.noise_schedule or depth_over)  # any depth-as-time flag: the depth-as-time trainer
-    objective = a.objective or ('diffusion' if depth else 'clm')
-    preset = family_preset(a.family, a.config)
-    tok = get_tokenizer('bytes' if a.data == 'synthetic' else load_config(preset).family)
-    mask = tok.mask_token_id if objective != 'clm' else None
-    if depth:
-        dcfg = DepthConfig(**{'mode': a.mode or 'layerwise', 'curriculum': a.curriculum or 'left2right', 'noise_schedule': a.noise_schedule or 'cosine',
-                              **depth_over, 'objective': objective, 'mask_token_id': mask})
-        cfg = TrainConfig(**{**train_over, 'dtype': a.dtype})
-    else: cfg = TrainConfig(**{**train_over, 'dtype': a.dtype, 'objective': objective, 'mask_token_id': mask})
-    mcfg = load_config(preset, [f'vocab_size={tok.vocab_size}', f'max_seq_len={a.seq_len}', f'causal={objective == "clm"}', *model_over])
-    if depth: check_depth(dcfg, mcfg, a.batch_size, a.seq_len)  # refused before any data is read or folder made
-    train_blocks, val_blocks = lm_blocks(a.data, tok, a.seq_len, cfg.seed, validate=bool(cfg.eval_every))
-    train = BlockLoader(train_blocks, a.batch_size, seed=cfg.seed)
-    val = BlockLoader(val_blocks, a.batch_size, shuffle=False) if val_blocks is not None else None
-    run = start_run(a.experiment, dict(preset=preset, data=a.data, seq_len=a.seq_len, batch_size=a.batch_size,
-                                       train=dataclasses.asdict(cfg), **({'depth': dataclasses.asdict(dcfg)} if depth else {})),
-                    root=a.results, path=a.resume)
-    torch.manual_seed(cfg.seed)  # the initial weights
-    if depth: out = DepthTrainer(lazy_rack(mcfg), train, dcfg, cfg, val, run).fit(resume=bool(a.resume))
-    else: out = Trainer(Rack(mcfg), train, cfg, val, run).fit(resume=bool(a.resume))
+    from stackwise.train.launch import TRAIN_ARGS, train_run
+    run, out = train_run(a.experiment, a.results, a.resume, **{k: getattr(a, k) for k in TRAIN_ARGS})
     print(f'run folder: {run.path}')
     print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in out.items() if v is not None))
 
@@ -222,6 +170,18 @@ def _evaluate(a):
     return 1 if (table.metric == 'error').all() else 0
 
 # %% ../nbs/09_cli.ipynb #b8819877
+def _number(kind, low:float, high:float=float('inf'), low_open:bool=False, example:str='16'):
+    "An argparse type: a `kind` (int or float) in [low, high] (`low_open`: above low), refused in one line naming the range."
+    def parse(text:str):
+        try: v = float(text) if kind is float else int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f'{text!r} is not {"a number" if kind is float else "a whole number"}: e.g. {example}') from None
+        if v < low or (low_open and v == low) or v > high:
+            raise argparse.ArgumentTypeError(f'{text} is out of range: it must be {">" if low_open else ">="} {low:g}' + (f' and <= {high:g}' if high < float('inf') else ''))
+        return v
+    return parse
+
+COUNT, OPTIONAL_COUNT = _number(int, 1), _number(int, 0, example='0')  # e.g. --batch-size; 0 meaning "the default"
+
 def build_parser() -> argparse.ArgumentParser:
     "The `stackwise` argument parser."
     p = argparse.ArgumentParser(prog='stackwise', description='Train and benchmark transformer language models: the stackwise research book.')
@@ -248,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--host-ram', default='128G', help='host memory, e.g. 128G, 512GiB')
     s.add_argument('--disk', default='64G', help='disk space, e.g. 64G, 2T')
     s.add_argument('--tokens', default='1.4e12', help='tokens each layer trains on (e2e: in all), e.g. 1.4e12 (Chinchilla for 70B)')
-    s.add_argument('--mfu', type=float, default=0.4, help='model FLOPs utilisation, a fraction of the dense bf16 datasheet peak')
-    s.add_argument('--batch-size', type=int, default=1, help='sequences per step')
-    s.add_argument('--seq-len', type=int, default=2048, help='tokens per sequence')
+    s.add_argument('--mfu', type=_number(float, 0, 1, low_open=True, example='0.4'), default=0.4, help='model FLOPs utilisation, a fraction of the dense bf16 datasheet peak')
+    s.add_argument('--batch-size', type=COUNT, default=1, help='sequences per step')
+    s.add_argument('--seq-len', type=COUNT, default=2048, help='tokens per sequence')
     s.add_argument('--dtype', default='amp_bf16', help='dtype policy: fp32, amp_bf16, bf16_pure, amp_bf16_8bit, ...')
     s.add_argument('--frozen-dtype', default='nf4', help='layerwise: the frozen trunk in fp32, bf16, int8 or nf4')
     s.add_argument('--cache-dtype', default='bf16', help='layerwise: the activation cache in fp32, bf16 or fp16')
-    s.add_argument('--cache-batches', type=int, default=20, help='layerwise: batches whose stage input is cached')
+    s.add_argument('--cache-batches', type=COUNT, default=20, help='layerwise: batches whose stage input is cached')
     s.add_argument('--activations', default='stackwise', help="stackwise (what this code's blocks save) or korthikanti (the paper's GPT layer)")
     s.add_argument('--no-masters', action='store_true', help='layerwise: no fp32 copy of each frozen layer on disk (what a 70B run needs)')
     s.set_defaults(func=_plan)
@@ -269,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stackwise.bench.gpu import gpu_instructions
     s = sub.add_parser('gpu', help='the GPU evidence: every part that fits the budget, each into its own run folder and archive (--dry-run: a CPU rehearsal)',
                        epilog=gpu_instructions(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument('--budget', type=float, default=540, help='seconds for all parts; a part starts only when its planned time fits what is left')
+    s.add_argument('--budget', type=_number(float, 0, low_open=True, example='540'), default=540, help='seconds for all parts; a part starts only when its planned time fits what is left')
     s.add_argument('--out', help="where each part's archive goes (the GPU machine's $OUT)")
     s.add_argument('--dry-run', action='store_true', help='rehearse on the CPU: every part at tiny shapes (under 2 minutes)')
     s.add_argument('--list', action='store_true', help='the parts, their planned time, and whether each is done for this GPU')
@@ -314,11 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--curriculum', help='depth-as-time curriculum: left2right, right2left or independent (default left2right)')
     s.add_argument('--noise-schedule', help='depth-as-time noise schedule, diffusion time to masking ratio: linear, cosine or log-linear (default cosine)')
     s.add_argument('--data', default='synthetic', help='a registry LM dataset (stackwise data list) or synthetic (the known-entropy language)')
-    s.add_argument('--seq-len', type=int, default=128, help='tokens per sequence')
-    s.add_argument('--batch-size', type=int, default=16, help='sequences per micro-batch')
+    s.add_argument('--tokenizer', help="bytes, chars (the corpus's characters), a bpe-*.json file or a hub name (default: the family's; bytes for synthetic)")
+    s.add_argument('--val-fraction', type=_number(float, 0, 0.99, example='0.1'), default=0.1, help='held out of the training split to validate on, '
+                   'when the corpus has no validation split (0.1: the last 10%%)')
+    s.add_argument('--seq-len', type=COUNT, default=128, help='tokens per sequence')
+    s.add_argument('--batch-size', type=COUNT, default=16, help='sequences per micro-batch')
     s.add_argument('--experiment', default='train', help='run folders go to results/<experiment>/')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
-    s.add_argument('--resume', metavar='RUN_DIR', help='continue this run folder from its latest checkpoint')
+    s.add_argument('--resume', metavar='RUN_DIR', help="continue this run folder from its latest checkpoint, with the run's own arguments")
     s.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='TrainConfig fields (max_steps=200 lr=1e-3 grad_accum=4; with depth-as-time, '
                                                                      'max_steps is per stage), model.<field>=value or depth.<field>=value (depth.k=2 '
                                                                      'depth.frozen_dtype=nf4 depth.cache_budget=1e8)')
@@ -330,22 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--task', default='clm', help='clm | mlm | multi_cls | single_cls (with the arch: one of the scenarios A-F)')
     s.add_argument('--dtype-config', '--dtype_config', default='fp32_true',
                    help='fp32_true | amp_fp16 | amp_bf16 | fp16_naive | bf16_pure | amp_bf16_8bit (or a stackwise dtype policy)')
-    s.add_argument('--batch-size', '--batch_size', type=int, default=8, help='sequences per micro-batch')
-    s.add_argument('--max-steps', '--max_steps', type=int, default=30, help='optimizer steps')
-    s.add_argument('--grad-accum', type=int, default=1, help='micro-batches per optimizer step')
+    s.add_argument('--batch-size', '--batch_size', type=COUNT, default=8, help='sequences per micro-batch')
+    s.add_argument('--max-steps', '--max_steps', type=COUNT, default=30, help='optimizer steps')
+    s.add_argument('--grad-accum', type=COUNT, default=1, help='micro-batches per optimizer step')
     s.add_argument('--size', default='tiny', help='tiny | mini | small (GPT-2 small / RoBERTa-base) | test')
     s.add_argument('--model-source', default='hf', help="hf (transformers' models) | stackwise (Racks)")
-    s.add_argument('--seq-len', type=int, default=0, help="tokens per sequence (0: the size's)")
-    s.add_argument('--lr', type=float, default=0.0, help="peak learning rate (0: the size's: tiny 3e-3, mini 1e-3, small 3e-4)")
-    s.add_argument('--warmup-steps', type=int, default=5)
+    s.add_argument('--seq-len', type=OPTIONAL_COUNT, default=0, help="tokens per sequence (0: the size's)")
+    s.add_argument('--lr', type=_number(float, 0, example='3e-4'), default=0.0, help="peak learning rate (0: the size's: tiny 3e-3, mini 1e-3, small 3e-4)")
+    s.add_argument('--warmup-steps', type=OPTIONAL_COUNT, default=5)
     s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--eval-batches', type=int, default=8, help='validation batches')
+    s.add_argument('--eval-batches', type=COUNT, default=8, help='validation batches')
     s.add_argument('--device', default='auto', help='auto, cpu, cuda, ...')
-    s.add_argument('--cpu-threads', type=int, default=1, help="torch threads on a CPU (0: torch's default); one keeps a shared machine's timings stable")
+    s.add_argument('--cpu-threads', type=OPTIONAL_COUNT, default=1, help="torch threads on a CPU (0: torch's default); one keeps a shared machine's timings stable")
     s.add_argument('--data', help='local dataset copies (default: $STACKWISE_DATA)')
     s.add_argument('--data-source', default='auto', help='auto (hub, else local copies, else synthetic) | hub | local | synthetic')
     s.add_argument('--tokenizer', default='bpe', help='bpe | bytes')
-    s.add_argument('--vocab-size', type=int, default=2048, help='BPE vocabulary')
+    s.add_argument('--vocab-size', type=COUNT, default=2048, help='BPE vocabulary')
     s.add_argument('--no-mfu', action='store_true', help='skip MFU (it measures the CPU peak once)')
     s.add_argument('--experiment', default='dtype_bench', help='run folders go to results/<experiment>/')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
@@ -354,19 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('evaluate', help='scores of a model on evaluation tasks (zero-shot, or --finetune), one run folder per task')
     s.add_argument('--model', required=True, help='hf:NAME, a saved Rack / checkpoint / run folder, or a preset (random weights)')
     s.add_argument('--tasks', required=True, help='comma-separated: wikitext2, wikitext103, tinyshakespeare, lambada, piqa, hellaswag, sst2, mnli, stsb')
-    s.add_argument('--limit', type=int, help='score only the first N rows of each task')
+    s.add_argument('--limit', type=COUNT, help='score only the first N rows of each task')
     s.add_argument('--tokenizer', help='bytes, a family or a hub name (default: the model\'s)')
     s.add_argument('--data', help='local copies folder (default: $STACKWISE_DATA)')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
-    s.add_argument('--max-len', type=int, help='perplexity window (default: the model\'s context)')
-    s.add_argument('--stride', type=int, help='perplexity window step (default: half a window)')
+    s.add_argument('--max-len', type=COUNT, help='perplexity window (default: the model\'s context)')
+    s.add_argument('--stride', type=COUNT, help='perplexity window step (default: half a window)')
     s.add_argument('--masked-scoring', choices=('pll', 'elbo'), help='masked/diffusion LMs on choice and cloze tasks: pll (pseudo-log-likelihood, default) or elbo (the diffusion ELBO); their perplexity is always the ELBO')
-    s.add_argument('--samples', type=int, help='ELBO Monte Carlo samples (default 8 per perplexity window, 16 per continuation)')
+    s.add_argument('--samples', type=COUNT, help='ELBO Monte Carlo samples (default 8 per perplexity window, 16 per continuation)')
     s.add_argument('--device', default='cpu', help='cpu or cuda')
     s.add_argument('--finetune', action='store_true', help='fine-tune a fresh head (and the backbone) per task with the trainer, then score: sst2, mnli, snli, stsb, conll2003, squad, squad_v2')
-    s.add_argument('--steps', type=int, help='fine-tuning steps (default 500)')
-    s.add_argument('--lr', type=float, help='fine-tuning peak learning rate (default 1e-4)')
-    s.add_argument('--batch-size', type=int, help='fine-tuning batch size (default 32)')
+    s.add_argument('--steps', type=COUNT, help='fine-tuning steps (default 500)')
+    s.add_argument('--lr', type=_number(float, 0, low_open=True, example='1e-4'), help='fine-tuning peak learning rate (default 1e-4)')
+    s.add_argument('--batch-size', type=COUNT, help='fine-tuning batch size (default 32)')
     s.add_argument('--out', help='also write the combined table to this CSV')
     s.set_defaults(func=_evaluate)
 
@@ -390,9 +353,15 @@ def main(argv:list[str]|None=None) -> int:
     except StackwiseError as e:
         print(f'stackwise: error: {e}', file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print('stackwise: interrupted', file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # a trainer's Interrupted says which checkpoint it saved
+        print(f'stackwise: interrupted{": " + str(e) if str(e) else ""}', file=sys.stderr)
+        return 143 if getattr(e, 'signal_name', None) == 'SIGTERM' else 130
+    except OSError as e:
+        import errno
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES): raise
+        print(f'stackwise: error: {e.strerror}: {e.filename or "a file being written"}: free space or fix the permissions, '
+              f'or write elsewhere (--results DIR); a run stopped by this resumes from its last checkpoint', file=sys.stderr)
+        return 1
     return rc or 0
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # python -m stackwise.cli (not a notebook): the GPU machine runs the package from the checkout, without an install

@@ -8,7 +8,7 @@ import json, os, tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['StackwiseError', 'typed_value', 'check_fields', 'project_root', 'atomic_write', 'write_json', 'read_json']
+__all__ = ['StackwiseError', 'typed_value', 'check_fields', 'kv_pairs', 'project_root', 'atomic_write', 'write_json', 'read_json']
 
 # %% ../nbs/00_core.ipynb #493e5038
 class StackwiseError(Exception):
@@ -46,6 +46,15 @@ def check_fields(obj):
         ok = {'int': isinstance(v, numbers.Integral) and not isinstance(v, bool), 'float': isinstance(v, numbers.Real) and not isinstance(v, bool),
               'bool': isinstance(v, bool)}.get(base, True)
         if not ok: raise StackwiseError(f'{f.name} must be {"an" if base == "int" else "a"} {base}{" or None" if nullable else ""}, got {v!r} ({type(v).__name__}): e.g. {f.name}={f.default!r}')
+
+# %% ../nbs/00_core.ipynb #a769e9c8
+def kv_pairs(words:list[str], example:str) -> list[tuple[str, str]]:
+    "`KEY=VALUE` words as (key, value) strings: the one override syntax of every command."
+    out = [w.partition('=') for w in words]
+    bad = [w for w, (k, sep, _) in zip(words, out) if not (k and sep)]
+    if bad: raise StackwiseError(f'override {bad[0]!r} is not KEY=VALUE (e.g. {example})')
+    return [(k, v) for k, _, v in out]
+
 
 # %% ../nbs/00_core.ipynb #00157ebc
 def project_root(start:str|Path|None=None, # where to start looking; the working directory by default

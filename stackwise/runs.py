@@ -4,7 +4,8 @@
 
 # %% ../nbs/01_runs.ipynb #cd65c75f
 from __future__ import annotations
-import csv, datetime, importlib.metadata, io, os, platform, re, secrets, subprocess, sys
+import csv, datetime, importlib.metadata, io, os, platform, re, secrets, subprocess, sys, time, traceback, warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -73,8 +74,9 @@ def capture_env() -> dict:
 # %% ../nbs/01_runs.ipynb #91fffd3e
 class Run:
     "A run folder: `results/<experiment>/<run_id>/`."
-    def __init__(self, path:str|Path, flush_every:int=50):
-        self.path, self.flush_every, self._rows = Path(path), flush_every, None
+    def __init__(self, path:str|Path, flush_every:int=50, # rows between rewrites of metrics.csv
+                 flush_seconds:float=10.0): # and at most this long between them (a kill -9 loses at most this much of the log)
+        self.path, self.flush_every, self.flush_seconds, self._rows, self._flushed = Path(path), flush_every, flush_seconds, None, time.monotonic()
 
     @property
     def experiment(self) -> str: return self.path.parent.name
@@ -82,15 +84,17 @@ class Run:
     def run_id(self) -> str: return self.path.name
     def __repr__(self): return f'Run({str(self.path)!r})'
 
-    def log_config(self, config:dict):
+    def log_config(self, config:dict, merge:bool=False, # add `config`'s keys to those config.yaml holds (what the caller asked for stays)
+                  ):
         "Write `config.yaml`."
+        if merge and (self.path/'config.yaml').exists(): config = {**(yaml.safe_load((self.path/'config.yaml').read_text()) or {}), **config}
         atomic_write(self.path/'config.yaml', yaml.safe_dump(_plain(config), sort_keys=False))
 
     def log_step(self, **row):
         "Add one row to `metrics.csv` (columns may grow; missing values stay empty)."
         if self._rows is None: self._rows = self.steps().to_dict('records') if (self.path/'metrics.csv').exists() else []
         self._rows.append(_plain(row))
-        if len(self._rows) % self.flush_every == 0: self.flush()
+        if len(self._rows) % self.flush_every == 0 or time.monotonic() - self._flushed >= self.flush_seconds: self.flush()
 
     def flush(self):
         "Rewrite `metrics.csv` from the buffered rows."
@@ -100,6 +104,7 @@ class Run:
         w = csv.DictWriter(buf, fieldnames=cols, lineterminator='\n')
         w.writeheader(); w.writerows(self._rows)
         atomic_write(self.path/'metrics.csv', buf.getvalue())
+        self._flushed = time.monotonic()
 
     def truncate(self, step:int) -> list[dict]:
         "Keep the rows up to `step` (a resumed run logs the later steps again) and return them."
@@ -129,6 +134,50 @@ class Run:
         self.flush()
         return atomic_write(self.path/'error.txt', message.rstrip() + '\n')
 
+    def locked(self):
+        "Hold the folder against a second process (nests within one); a second process is refused at once."
+        return _locked(self.path)
+
+    @contextmanager
+    def recording(self):
+        "The body is the run's life: a stale `error.txt` is removed (a resumed run is live again), and any exception (Ctrl-C included) writes one before it propagates."
+        (self.path/'error.txt').unlink(missing_ok=True)
+        try: yield self
+        except BaseException as e:
+            try: self.fail(f'{type(e).__name__}: {e}\n\n{traceback.format_exc()}')
+            except OSError: pass  # a full or read-only disk: the exception itself says more
+            raise
+
+    @contextmanager
+    def active(self):
+        "`locked` and `recording` together."
+        with self.locked(), self.recording(): yield self
+
+_HELD = {}  # run folders this process has locked: path -> (open lock file, depth); `active` nests
+
+@contextmanager
+def _locked(path:Path):
+    "An exclusive lock on `path/.lock` for this process (flock: it dies with the process, kill -9 included); a second process is refused at once."
+    import fcntl
+    key = str(path.resolve())
+    if key in _HELD:
+        f, n = _HELD[key]; _HELD[key] = (f, n + 1)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        f = open(path/'.lock', 'a+')
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); who = f.read().strip() or 'another process'; f.close()
+            raise StackwiseError(f'run folder {path} is in use ({who}): wait for that run to end, or train into another folder') from None
+        f.seek(0); f.truncate(); f.write(f'pid {os.getpid()} on {platform.node()}\n'); f.flush()
+        _HELD[key] = (f, 1)
+    try: yield
+    finally:
+        f, n = _HELD[key]
+        if n > 1: _HELD[key] = (f, n - 1)
+        else:
+            del _HELD[key]; f.seek(0); f.truncate(); fcntl.flock(f, fcntl.LOCK_UN); f.close()
+
 def _plain(o):
     "Nested dicts/lists of builtins, for YAML/CSV (numpy and torch scalars become Python numbers)."
     if isinstance(o, dict): return {str(k): _plain(v) for k, v in o.items()}
@@ -148,9 +197,13 @@ def start_run(experiment:str, # folder under results/
     "Create (or reopen) a run folder with its `env.json` and `config.yaml`."
     path = Path(path) if path else results_root(root)/check_name(experiment)/new_run_id()
     run = Run(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if not (path/'env.json').exists(): write_json(path/'env.json', capture_env())
-    if config is not None and not (path/'config.yaml').exists(): run.log_config(config)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path/'env.json').exists(): write_json(path/'env.json', capture_env())
+        if config is not None and not (path/'config.yaml').exists(): run.log_config(config)
+    except OSError as e:
+        raise StackwiseError(f'cannot write the run folder {path}: {e.strerror or e}: free space, fix the permissions, '
+                             f'or write elsewhere (--results DIR or STACKWISE_RESULTS)') from None
     return run
 
 # %% ../nbs/01_runs.ipynb #1a5067bc
@@ -175,8 +228,13 @@ def read_config(path:str|Path) -> dict:
 def _flat(prefix, d): return {f'{prefix}.{k}': v for k, v in pd.json_normalize(d, sep='.').iloc[0].items()} if d else {}
 
 def load_run(path:str|Path) -> dict:
-    "One run folder as a flat dict."
+    "One run folder as a flat dict; a folder whose files cannot be read is `corrupt`, with the reason in `error`."
     path = Path(path)
+    try: return _load_run(path)
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
+        return dict(experiment=path.parent.name, run_id=path.name, status='corrupt', path=str(path), error=f'{type(e).__name__}: {e}'.splitlines()[0])
+
+def _load_run(path:Path) -> dict:
     env = read_json(path/'env.json')
     cfg = read_config(path)
     met = read_json(path/'metrics.json') if (path/'metrics.json').exists() else {}
@@ -191,6 +249,9 @@ def load_runs(experiment:str|None=None, # one experiment, or all
              ) -> pd.DataFrame:
     "All run folders as one DataFrame, a row per run, oldest first."
     rows = [load_run(p) for p in list_runs(experiment, root)]
+    bad = [r for r in rows if r['status'] == 'corrupt']
+    if bad: warnings.warn(f'{len(bad)} run folder(s) could not be read and are left out (status corrupt): '
+                          + '; '.join(f"{r['path']}: {r['error']}" for r in bad[:3]) + ': repair or delete them', stacklevel=2)
     df = pd.DataFrame(rows, columns=None if rows else ['experiment', 'run_id', 'status', 'time', 'path'])
     return df[df.status == status].reset_index(drop=True) if status else df
 

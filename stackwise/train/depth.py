@@ -11,7 +11,7 @@ import torch
 from fastcore.basics import patch
 from torch.utils.checkpoint import checkpoint
 
-from ..core import StackwiseError, read_json, write_json
+from ..core import StackwiseError, write_json
 from ..hardware import memory_mb, peak_memory_mb, release_host_memory, resolve_device
 from ..models.blocks import Block
 from ..models.counting import forward_flops
@@ -20,13 +20,15 @@ from ..models.rack import Rack
 from ..runs import Run
 from .cache import ActivationCache, FrozenUnits
 from ..models.quant import check_quantizable
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state, sha256_file
+from .checkpoint import set_rng_state
+from .depth_resume import load_depth_state, restore_live_units, save_depth_state
 from .curricula import FULL, DepthConfig, Stage, check_depth, slots_per_stage, stage_flops, stage_steps, unit_blocks
 from .depth_time import noise_bands, noise_seed, noisy_batch
 from .losses import objective_loss
 from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
-from .loop import (StepLog, TrainConfig, config_hash, first_batches, fresh_start, hashed_recipe, lr_factor, optimizer_step,
-                                  param_groups, plot_training)
+from .loop import (CheckpointClock, Interrupted, StepLog, StopSignals, TrainConfig, config_hash, first_batches, fresh_start,
+                                  hashed_recipe, lr_factor, optimizer_step, param_groups, plot_training)
+from tqdm.auto import tqdm
 from .units import DepthModel, block_builder, head_logits, run_blocks, untie_head, zero_residual_outputs
 from ..models.rack import is_meta, materialize_shell
 
@@ -82,12 +84,16 @@ class DepthTrainer:
         self.step_log = StepLog(run, c)
         self.step, self.tokens, self.done = 0, 0, 0
         self.flops = dict(train=0, recompute=0, cache_fill=0)
-        self.history, self.summaries = [], []
+        self.history, self.summaries, self.checkpoint_s = [], [], 0.0
+        self._stop, self._clock, self._bar = StopSignals(), CheckpointClock(0), None  # fit sets them: signals, timer, progress bar
 
     @property
-    def config_hash(self) -> str:
+    def hashed(self) -> dict:
         "What must match for a checkpoint to be resumed: the depth config, the training recipe and the model's shape."
-        return config_hash(depth=dataclasses.asdict(self.depth), recipe=hashed_recipe(self.cfg), model=dataclasses.asdict(self.rack.cfg))
+        return dict(depth=dataclasses.asdict(self.depth), recipe=hashed_recipe(self.cfg), model=dataclasses.asdict(self.rack.cfg))
+
+    @property
+    def config_hash(self) -> str: return config_hash(**self.hashed)
 
 # %% ../../nbs/38_train.depth.ipynb #94c43ed4
 @patch
@@ -203,11 +209,13 @@ def evaluate(self:DepthTrainer, objective:str|None=None) -> dict|None:
 
 # %% ../../nbs/38_train.depth.ipynb #9c0f1413
 @patch
-def _run_stage(self:DepthTrainer, st:Stage, steps:int):
-    "Train one stage for `steps` optimizer steps."
+def _run_stage(self:DepthTrainer, st:Stage, steps:int, mid:dict|None=None, # resumed within the stage: what `load_depth_state` returned
+              ):
+    "Train one stage for `steps` optimizer steps (from a checkpoint within it, with `mid`)."
     c, d, rack = self.cfg, self.depth, self.rack
     objective = st.objective or d.objective
-    t0, flops0, tokens0, mem = time.perf_counter(), dict(self.flops), self.tokens, []
+    t0, flops0, tokens0, mem, prior = time.perf_counter(), dict(self.flops), self.tokens, [], set(self.model.trained)
+    if mid: flops0, tokens0 = dict(mid['flops0']), mid['tokens0']
     if self.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(self.device)
     rack.requires_grad_(False)
     for j in st.train: self._trainable_unit(j, st)
@@ -220,6 +228,10 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
     stage_cfg = dataclasses.replace(c, max_steps=steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, stage_cfg))
     scaler = grad_scaler(self.policy, self.device)
+    if mid:
+        restore_live_units(self, st, mid)
+        opt.load_state_dict(mid['optimizer']); sched.load_state_dict(mid['scheduler'])
+        if scaler: scaler.load_state_dict(mid['scaler'])
     rack.causal = objective == 'clm'
     rope = rack.rope_tables(torch.arange(self.T, device=self.device))
     self.model.route, self.model.trained = st.route, self.model.trained | set(st.train)  # evaluations include the units in training
@@ -228,7 +240,8 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
         if st.cacheable and d.cache != 'none': self._prepare_cache(st, objective, rope)
         setup_s, eval_s = time.perf_counter() - t0, 0.0
         rack.train()
-        for s in range(steps):
+        if mid: set_rng_state(mid['rng'])  # last: the stage's setup above may draw from the global streams
+        for s in range(mid['s'] if mid else 0, steps):
             slots = [self._slot0(st) + (s * c.grad_accum + a) % self.n_slots for a in range(c.grad_accum)]
             m = self._train_step(st, objective, slots, right, rope, opt, sched, scaler, params)
             self.step += 1; self.tokens += m['n_tokens']; mem.append(m['mem_mb'])
@@ -239,6 +252,13 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
             if c.eval_every and self.step % c.eval_every == 0 and s < steps - 1:
                 te = time.perf_counter(); row.update(self.evaluate(objective) or {}); eval_s += time.perf_counter() - te
             self._log(row)
+            if self._bar is not None: self._bar.update(1); self._bar.set_postfix(stage=st.index, loss=f'{m["loss"]:.4f}', refresh=False)
+            if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or self._clock.due() or self._stop.signal:
+                ck = save_depth_state(self, st, dict(s=s + 1, prior=prior, opt=opt, sched=sched, scaler=scaler, tokens0=tokens0, flops0=flops0))
+                self._clock.reset()
+                if self._stop.signal:
+                    where = f'checkpoint {ck} saved: resume with fit(resume=True), or stackwise train --resume {self.run.path}' if ck else 'no run folder: nothing saved'
+                    raise Interrupted(f'{self._stop.signal} at step {s + 1} of {steps} in stage {st.index}; {where}', self._stop.signal)
         train_s = time.perf_counter() - t0 - setup_s - eval_s  # the steps alone
     del opt, sched, right
     release_host_memory()
@@ -259,7 +279,7 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int):
                    stage_mem_mb=torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == 'cuda' else max(mem),
                    setup_s=setup_s, train_s=train_s, eval_s=eval_s, **(ev or {}))
     self.summaries.append(summary)
-    self._checkpoint(st)
+    save_depth_state(self, st)
     if self.on_stage: self.on_stage(self, st)
     return summary
 
@@ -269,68 +289,37 @@ def _log(self:DepthTrainer, row:dict):
     self.history.append(row)
     self.step_log(row)
 
-# %% ../../nbs/38_train.depth.ipynb #6b2a1d1f
-@patch
-def _checkpoint(self:DepthTrainer, st:Stage):
-    "Checkpoint the end of stage `st` (with a run folder)."
-    if self.run is None: return
-    self.run.flush()
-    trained = sorted(self.model.trained)
-    shell = {k: v for k, v in self.rack.state_dict().items() if not k.startswith('stacks.')}  # the units are files of their own
-    state = dict(stage=st.index, step=self.step, tokens=self.tokens, flops=dict(self.flops), rng=rng_state(),
-                 trained=torch.tensor(trained, dtype=torch.int64))
-    meta = dict(stage=st.index, step=self.step, config_hash=self.config_hash, untied_head=bool(self.untied), format=1,
-                units={f'unit-{j:03d}.safetensors': sha256_file(self.frozen.master_path(j)) for j in trained})
-    ck = save_checkpoint(self.run.path/'checkpoints', f'stage-{st.index:03d}', shell, state, meta)
-    set_pointer(ck.parent, 'latest', ck.name)
-
-@patch
-def _resume(self:DepthTrainer) -> int:
-    "Load the latest stage checkpoint of this run; returns the index of the next stage."
-    from safetensors.torch import load_file
-    ck, meta, st = load_checkpoint(self.run.path)
-    if meta['config_hash'] != self.config_hash:
-        raise StackwiseError(f'checkpoint {ck} was written by another configuration (config hash {meta["config_hash"]}, this trainer has '
-                             f'{self.config_hash}): resume with the same model, DepthConfig and TrainConfig, or start a new run folder')
-    for f, digest in meta['units'].items():
-        p = self.frozen.folder/f
-        if not p.exists() or sha256_file(p) != digest:
-            raise StackwiseError(f'unit file {p} is missing or does not match the SHA-256 recorded in {ck}: start a new run folder')
-    self.rack.load_state_dict({k.replace('/', '.'): v for k, v in load_file(str(ck/'model.safetensors'), device=str(self.device)).items()}, strict=False)  # '/': older checkpoints
-    done, trained = st['stage'] + 1, st['trained'].tolist()
-    self.frozen.layers.update({j: self.units[j] for j in trained})  # their fp32 weights are on disk: thaw them into the Rack
-    for j in trained: self.model.set_blocks(j, [cast_model(b, self.policy) for b in self.frozen.thaw(j)])
-    for j in trained:
-        last = max(s.index for s in self.stages[:done] if j in s.train)
-        if self.stages[last].freeze: self.model.set_blocks(j, self.frozen.freeze(j, self.units[j], self.model.blocks(j)))
-    self.model.trained, self.model.route = set(trained), self.stages[done - 1].route
-    self.step, self.tokens, self.flops, self.done = st['step'], st['tokens'], dict(st['flops']), done
-    self.history = self.run.truncate(self.step)
-    self.summaries = list(read_json(self.run.path/'stages.json')) if (self.run.path/'stages.json').exists() else []
-    set_rng_state(st['rng'])
-    return done
-
 # %% ../../nbs/38_train.depth.ipynb #e0981f24
 @patch
 def fit(self:DepthTrainer, resume:bool=False, # continue this run folder after its last finished stage
        ) -> dict:
-    "Run every stage (after the last finished one, when resuming); returns the final figures."
+    "Run every stage (after the last checkpoint, when resuming); returns the final figures. SIGINT/SIGTERM save a checkpoint and raise `Interrupted`."
+    if resume and self.run is None: raise StackwiseError('resume=True needs the run folder of the run to continue: pass run=')
+    with ExitStack() as life:
+        if self.run is not None: life.enter_context(self.run.locked())  # a second process on this folder is refused
+        if resume: start, mid = load_depth_state(self)  # refused: the folder stays as it was
+        else:
+            fresh_start(self.run, self.cfg.seed)
+            start, mid = 0, None
+        if self.run is not None: life.enter_context(self.run.recording())  # from here anything that ends the run leaves error.txt
+        self._stop, self._clock = life.enter_context(StopSignals()), CheckpointClock(self.cfg.checkpoint_seconds)
+        try: return self._fit(start, mid)
+        finally:
+            if self._bar is not None: self._bar.close(); self._bar = None
+
+@patch
+def _fit(self:DepthTrainer, start:int, mid:dict|None) -> dict:
     c = self.cfg
-    if resume:
-        if self.run is None: raise StackwiseError('resume=True needs the run folder of the run to continue: pass run=')
-        start = self._resume()
-    else:
-        fresh_start(self.run, c.seed)
-        start = 0
     if self.run is not None:
         self.run.log_config(dict(depth=dataclasses.asdict(self.depth), train=dataclasses.asdict(c), model=dataclasses.asdict(self.rack.cfg),
-                                 steps=self.steps, n_slots=self.n_slots, config_hash=self.config_hash))
-    if start == 0:
+                                 steps=self.steps, n_slots=self.n_slots, config_hash=self.config_hash), merge=True)
+    if start == 0 and not mid:
         ev = self.evaluate()
         if ev: self._log(dict(step=0, stage=-1, phase='init', objective=self.depth.objective, **ev))
+    self._bar = tqdm(total=sum(self.steps[:len(self.stages)]), initial=self.step, desc=f'{self.depth.mode} {self.depth.curriculum}', disable=not c.progress)
     t0 = time.perf_counter()
     for st in self.stages[start:]:
-        self._run_stage(st, self.steps[st.index])
+        self._run_stage(st, self.steps[st.index], mid if st.index == start else None)
         if self.run is not None: write_json(self.run.path/'stages.json', self.summaries)
     return self._finish(time.perf_counter() - t0)
 
@@ -346,7 +335,7 @@ def _finish(self:DepthTrainer, seconds:float) -> dict:
                tokens_per_s=self.tokens / train_s if train_s else None,
                stage_mem_mb=max((x['stage_mem_mb'] for x in s), default=None), peak_mem_mb=peak_memory_mb(self.device),
                cache_bytes=max((x['cache_bytes'] for x in s), default=0), frozen_resident_bytes=self.frozen.resident_bytes(),
-               untied_head=bool(self.untied))
+               untied_head=bool(self.untied), checkpoint_s=self.checkpoint_s)
     if self.run is not None:
         import matplotlib.pyplot as plt
         write_json(self.run.path/'stages.json', s)

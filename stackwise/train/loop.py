@@ -4,7 +4,7 @@
 
 # %% ../../nbs/32_train.loop.ipynb #9bf091a1
 from __future__ import annotations
-import dataclasses, hashlib, json, math, random
+import dataclasses, hashlib, json, math, random, signal, threading, time
 from dataclasses import dataclass
 from itertools import islice
 
@@ -18,8 +18,8 @@ from .dtypes import dtype_policy
 
 # %% auto #0
 __all__ = ['OBJECTIVES', 'LM_OBJECTIVES', 'LR_SCHEDULES', 'UNHASHED', 'TrainConfig', 'lr_factor', 'hashed_recipe', 'config_hash',
-           'param_groups', 'no_accelerator', 'first_batches', 'optimizer_step', 'StepLog', 'fresh_start',
-           'plot_training']
+           'check_resumable', 'param_groups', 'no_accelerator', 'first_batches', 'optimizer_step', 'StepLog',
+           'fresh_start', 'plot_training', 'Interrupted', 'StopSignals', 'CheckpointClock']
 
 # %% ../../nbs/32_train.loop.ipynb #c2e6d65b
 OBJECTIVES = ('clm', 'mlm', 'multi_cls', 'single_cls', 'regression', 'token_cls', 'span_qa')
@@ -50,7 +50,8 @@ class TrainConfig:
     eval_batches: int = 8  # validation micro-batches per pass (the same ones every time)
     patience: int|None = None  # stop after this many evaluations without a new best val loss
     # bookkeeping (outside the hash)
-    checkpoint_every: int = 0  # steps between resumable checkpoints (0: only best and final)
+    checkpoint_every: int = 0  # steps between resumable checkpoints (0: by time only)
+    checkpoint_seconds: float = 600.0  # also one when this long has passed since the last (0: by steps only); SIGINT/SIGTERM always save one
     progress: bool = True  # tqdm bar with live loss and tokens/s
     tensorboard: bool = True  # events under <run>/tensorboard (when there is a run folder)
     wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
@@ -69,12 +70,12 @@ class TrainConfig:
             raise StackwiseError(f"unknown attention {self.attention!r}: use 'auto' (stackwise picks the kernel) or 'model' (leave the model's)")
         for k in ('max_steps', 'grad_accum', 'eval_batches'):
             if getattr(self, k) < 1: raise StackwiseError(f'{k} must be >= 1, got {getattr(self, k)}')
-        for k in ('warmup_steps', 'eval_every', 'checkpoint_every', 'weight_decay'):
+        for k in ('warmup_steps', 'eval_every', 'checkpoint_every', 'checkpoint_seconds', 'weight_decay'):
             if getattr(self, k) < 0: raise StackwiseError(f'{k} must be >= 0, got {getattr(self, k)}')
         if not self.lr > 0: raise StackwiseError(f'lr must be positive, got {self.lr}: e.g. lr=3e-4')
         if not 0 <= self.min_lr_ratio <= 1: raise StackwiseError(f'min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}')
 
-UNHASHED = ('eval_every', 'eval_batches', 'patience', 'checkpoint_every', 'progress', 'tensorboard', 'wandb', 'mfu')
+UNHASHED = ('eval_every', 'eval_batches', 'patience', 'checkpoint_every', 'checkpoint_seconds', 'progress', 'tensorboard', 'wandb', 'mfu')
 
 # %% ../../nbs/32_train.loop.ipynb #7ded789f
 def lr_factor(step:int, cfg:TrainConfig) -> float:
@@ -93,6 +94,20 @@ def hashed_recipe(cfg) -> dict:
 def config_hash(**parts) -> str:
     "A short SHA-256 of `parts` as sorted JSON: what a checkpoint must match to be resumed."
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+def _leaves(d, prefix=''):
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_leaves(v, f'{prefix}{k}.').items() if isinstance(v, dict) else [(f'{prefix}{k}', v)])}
+
+def check_resumable(ck, # the checkpoint folder
+                    meta:dict, # its meta.json: `config_hash`, and `hashed` (the parts themselves) since format 2
+                    what:str, # what to keep as it was, e.g. "the model, TrainConfig and number of processes"
+                    **parts):
+    "Refuse a checkpoint written under other hashed parts, naming each field that differs (older checkpoints: the hashes)."
+    if meta['config_hash'] == config_hash(**parts): return
+    saved, now = _leaves(meta.get('hashed') or {}), _leaves(json.loads(json.dumps(parts, default=str)))
+    diff = [f'{k} was {saved.get(k, "(absent)")!r}, now {now.get(k, "(absent)")!r}' for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+    why = '; '.join(diff[:8]) + (f'; and {len(diff) - 8} more' if len(diff) > 8 else '') if saved else f'config hash {meta["config_hash"]}, now {config_hash(**parts)}'
+    raise StackwiseError(f'checkpoint {ck} was written by another configuration ({why}): resume with {what} as they were, or start a new run folder')
 
 # %% ../../nbs/32_train.loop.ipynb #b3e53bfa
 def param_groups(model, weight_decay:float) -> list[dict]:
@@ -184,3 +199,29 @@ def plot_training(steps, # metrics.csv rows: step, loss, optional val_loss, lr a
     ax.legend(loc='upper right', fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../../nbs/32_train.loop.ipynb #7c6d385a
+class Interrupted(KeyboardInterrupt):
+    "A run stopped by SIGINT or SIGTERM after it saved a checkpoint; the message says which checkpoint, and how to resume."
+    def __init__(self, message:str, signal_name:str='SIGINT'):
+        super().__init__(message); self.signal_name = signal_name
+
+class StopSignals:
+    "Within `with StopSignals() as stop:`, SIGINT and SIGTERM set `stop.signal` (the first one's name) instead of stopping mid-step; a second SIGINT raises KeyboardInterrupt at once. Off the main thread nothing is installed."
+    def __init__(self): self.signal, self._old = None, {}
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._handle)
+        return self
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT: raise KeyboardInterrupt('a second SIGINT: stopped at once, without a checkpoint')
+        self.signal = signal.Signals(signum).name
+    def __exit__(self, *exc):
+        for s, h in self._old.items(): signal.signal(s, h)
+        self._old = {}
+
+class CheckpointClock:
+    "When the next time-based checkpoint is due: `seconds` after the last one (0: never)."
+    def __init__(self, seconds:float): self.seconds, self.last = seconds, time.monotonic()
+    def due(self) -> bool: return bool(self.seconds) and time.monotonic() - self.last >= self.seconds
+    def reset(self): self.last = time.monotonic()

@@ -5,7 +5,7 @@
 # %% ../../nbs/33_train.trainer.ipynb #dc5f645b
 from __future__ import annotations
 import dataclasses, math, time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -19,7 +19,8 @@ from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_op
 from ..hardware import peak_memory_mb
 from ..runs import Run
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_pointer, set_rng_state
-from .loop import LM_OBJECTIVES, StepLog, TrainConfig, config_hash, first_batches, fresh_start, hashed_recipe, lr_factor, no_accelerator, optimizer_step, param_groups, plot_training
+from .loop import (LM_OBJECTIVES, CheckpointClock, Interrupted, StepLog, StopSignals, TrainConfig, check_resumable, config_hash, first_batches,
+                   fresh_start, hashed_recipe, lr_factor, no_accelerator, optimizer_step, param_groups, plot_training)
 from ..models.protocol import model_config, output_logits, vocab_size
 from .losses import loss_sum, n_targets
 from ..models.counting import model_flops_per_token
@@ -58,16 +59,19 @@ class Trainer:
         if c.objective in LM_OBJECTIVES:
             self.collate = CLMCollator() if c.objective == 'clm' else MLMCollator(c.mask_token_id, vocab_size(model))
         self.step, self.tokens, self.best_val, self.best_step, self.bad_evals = 0, 0, math.inf, None, 0
-        self.history, self._fpt, self._val = [], flops_per_token, None
+        self.history, self._fpt, self._val, self.checkpoint_s = [], flops_per_token, None, 0.0
         self.step_log = StepLog(run, c, main=self.acc.is_main_process)
 
     @property
-    def config_hash(self) -> str:
-        "What must match for a checkpoint to be resumed: the training recipe and the model's shape."
+    def hashed(self) -> dict:
+        "What must match for a checkpoint to be resumed: the training recipe, the model's config and shapes, the number of processes."
         model = model_config(self.module)
         model = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else model.to_dict()  # a Rack's (or a LogitsLM's) config, or an HF one
         shapes = {n: list(p.shape) for n, p in self.module.state_dict().items()}
-        return config_hash(recipe=hashed_recipe(self.cfg), model=model, shapes=shapes, world=self.world)
+        return dict(recipe=hashed_recipe(self.cfg), model=model, shapes=shapes, world=self.world)
+
+    @property
+    def config_hash(self) -> str: return config_hash(**self.hashed)
 
 # %% ../../nbs/33_train.trainer.ipynb #4d099a41
 @patch
@@ -144,9 +148,11 @@ def save(self:Trainer, *pointers:str) -> Path|None:
                  scaler=self.scaler.state_dict() if self.scaler else {}, rng=rng_state(),
                  data=self.train_data.state_dict(), step=self.step, tokens=self.tokens,
                  best_val=self.best_val, best_step=-1 if self.best_step is None else self.best_step, bad_evals=self.bad_evals)
-    meta = dict(step=self.step, config_hash=self.config_hash, dtype=self.policy.name, format=1)
+    meta = dict(step=self.step, config_hash=self.config_hash, hashed=self.hashed, dtype=self.policy.name, format=2)
+    t0 = time.perf_counter()
     ck = save_checkpoint(self._ckpt_dir(), f'step-{self.step:06d}', self.module, state, meta)
     for p in pointers: set_pointer(ck.parent, p, ck.name)
+    self.checkpoint_s += time.perf_counter() - t0  # what checkpoints cost the run, in metrics.json
     return ck
 
 @patch
@@ -156,11 +162,11 @@ def resume(self:Trainer, path:str|Path|None=None, # a checkpoint, checkpoints or
     from safetensors.torch import load_model
     src = path or self._ckpt_dir()
     if src is None: raise StackwiseError('nothing to resume: pass a checkpoint path or a run folder')
+    if Path(src).name == 'checkpoints' and not any(Path(src).glob('*/meta.json')):
+        raise StackwiseError(f'{Path(src).parent} has no checkpoint yet (it stopped before its first: one is saved every '
+                             f'checkpoint_seconds={self.cfg.checkpoint_seconds:g} s and on Ctrl-C): train it again without resume, into a new run folder')
     ck, meta, st = load_checkpoint(src)
-    if meta['config_hash'] != self.config_hash:
-        raise StackwiseError(f'checkpoint {ck} was written by another configuration (config hash {meta["config_hash"]}, '
-                             f'this trainer has {self.config_hash}): resume with the same model, TrainConfig and number of processes, '
-                             f'or start a new run folder')
+    check_resumable(ck, meta, 'the model, the TrainConfig and the number of processes', **self.hashed)
     self.train_data.load_state_dict(st['data'])  # refuses other data or batch size, before anything is loaded
     if meta.get('weights', 'all') == 'all': load_model(self.module, str(ck/'model.safetensors'), device=str(self.acc.device))
     else:  # only the trained part was saved; the frozen base comes from where the model was built
@@ -194,16 +200,24 @@ def _mfu(self:Trainer, tokens_per_s:float, seq_len:int) -> float|None:
 @patch
 def fit(self:Trainer, resume:bool|str|Path=False, # True: this run's latest checkpoint; a path: that checkpoint
        ) -> dict:
-    "Train to `max_steps` (or early stop); returns the final metrics."
+    "Train to `max_steps` (or early stop); returns the final metrics. SIGINT/SIGTERM save a checkpoint and raise `Interrupted`."
+    held = self.run is not None and self.acc.is_main_process
+    with ExitStack() as life:
+        if held: life.enter_context(self.run.locked())  # a second process on this folder is refused
+        if resume: self.resume(None if resume is True else resume)  # refused: the folder stays as it was
+        else: fresh_start(self.run, self.cfg.seed)
+        if held: life.enter_context(self.run.recording())  # from here anything that ends the run leaves error.txt
+        stop = life.enter_context(StopSignals())
+        return self._fit(stop)
+
+@patch
+def _fit(self:Trainer, stop:StopSignals) -> dict:
     c = self.cfg
-    if resume: self.resume(None if resume is True else resume)
-    else:
-        fresh_start(self.run, c.seed)
     if self.run is not None and self.acc.is_main_process:
-        self.run.log_config(dict(train=dataclasses.asdict(c), config_hash=self.config_hash, world=self.world))
+        self.run.log_config(dict(train=dataclasses.asdict(c), config_hash=self.config_hash, world=self.world), merge=True)
     it = iter(self.train_data)
     bar = tqdm(total=c.max_steps, initial=self.step, desc='train', disable=not (c.progress and self.acc.is_main_process))
-    stopped, t_start = False, time.perf_counter()
+    stopped, t_start, clock = False, time.perf_counter(), CheckpointClock(c.checkpoint_seconds)
     while self.step < c.max_steps and not stopped:
         blocks = [next(it) for _ in range(c.grad_accum)]
         t0 = time.perf_counter()
@@ -224,7 +238,12 @@ def fit(self:Trainer, resume:bool|str|Path=False, # True: this run's latest chec
             else:
                 self.bad_evals += 1
                 stopped = c.patience is not None and self.bad_evals >= c.patience
-        if c.checkpoint_every and self.step % c.checkpoint_every == 0: self.save('latest')
+        if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or clock.due() or stop.signal:
+            ck = self.save('latest'); clock.reset()
+        if stop.signal:
+            bar.close()
+            where = f'checkpoint {ck} saved: resume with fit(resume=True), or stackwise train --resume {self.run.path}' if ck else 'no run folder: nothing saved'
+            raise Interrupted(f'{stop.signal} at step {self.step} of {c.max_steps}; {where}', stop.signal)
         if self.on_step: self.on_step(self, self.step)
     bar.close()
     self.save('latest', 'final')
@@ -240,7 +259,7 @@ def _finish(self:Trainer, stopped:bool, seconds:float) -> dict:
                stopped_early=stopped, dtype=self.policy.name, world=self.world,
                tokens_per_s=float(h.tokens_per_s.iloc[1:].median()) if len(h) > 1 else None,
                mfu=float(h.mfu.iloc[1:].median()) if len(h) > 1 and h.mfu.notna().any() else None,
-               peak_mem_mb=float(h.peak_mem_mb.max()) if len(h) else None)
+               peak_mem_mb=float(h.peak_mem_mb.max()) if len(h) else None, checkpoint_s=self.checkpoint_s)
     if self.run is not None and self.acc.is_main_process:
         import matplotlib.pyplot as plt
         fig = plot_training(self.run.steps(), f'{self.run.experiment} {self.policy.name}')
