@@ -376,3 +376,120 @@ def test_every_model_family_has_a_tokenizer():
     from stackwise.data.tokenization import FAMILY_TOKENIZERS
     assert {load_config(p).family for p in list_presets()} <= set(FAMILY_TOKENIZERS)
     assert get_tokenizer('bdh').name == 'bytes'
+
+
+# --- nanoGPT's shakespeare_char: characters, a held-out end, damaged files ------------------------------------
+
+SHAKES = 'First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n' * 60  # ~5 KB
+
+
+@pytest.fixture
+def shakes_root(tmp_path, monkeypatch):
+    "A data root laid out like $STACKWISE_DATA with a few KB of Tiny Shakespeare, and a packed-token cache of its own."
+    _write(tmp_path/'data', 'tinyshakespeare/input.txt', SHAKES)
+    monkeypatch.setenv('STACKWISE_DATA', str(tmp_path/'data')); monkeypatch.setenv('STACKWISE_CACHE', str(tmp_path/'cache'))
+    return tmp_path/'data'
+
+
+def test_char_tokenizer_is_nanogpts_vocabulary():
+    "Ids by sorted distinct character, no <eos>; <mask> only when asked, after the characters; unknown characters refused by name."
+    from stackwise.data.tokenization import CharTokenizer, char_tokenizer
+    tok = char_tokenizer([SHAKES[:len(SHAKES) // 2], SHAKES[len(SHAKES) // 2:]])
+    chars = sorted(set(SHAKES))
+    assert tok.chars == ''.join(chars) and tok.vocab_size == len(chars)
+    assert tok.encode(['Speak']) == [[chars.index(c) for c in 'Speak']] and tok.decode(tok.encode([SHAKES])[0]) == SHAKES
+    assert (tok.eos_token_id, tok.mask_token_id, tok.pad_token_id) == (None, None, None)
+    masked = char_tokenizer(SHAKES, mask=True)
+    assert masked.mask_token_id == len(chars) and masked.vocab_size == len(chars) + 1 and masked.encode(['All']) == tok.encode(['All'])
+    assert masked.fingerprint() != tok.fingerprint() != char_tokenizer('abc').fingerprint()
+    with pytest.raises(StackwiseError, match=r"character 'Z' \(U\+005A, position 4 .*not in this tokenizer's \d+-character vocabulary.*char_tokenizer"):
+        tok.encode(['All Z'])
+    assert get_tokenizer('chars', texts=[SHAKES]).chars == tok.chars
+    with pytest.raises(StackwiseError, match='pass texts='): get_tokenizer('chars')
+
+
+def test_char_tokenizer_saves_and_loads(tmp_path):
+    "A character vocabulary is saved as JSON and read back by get_tokenizer, with the same ids and fingerprint."
+    from stackwise.data.tokenization import CharTokenizer, char_tokenizer
+    tok = char_tokenizer(SHAKES, mask=True)
+    back = get_tokenizer(str(tok.save(tmp_path/'tokenizer.json')))
+    assert isinstance(back, CharTokenizer) and back.fingerprint() == tok.fingerprint() and back.encode([SHAKES]) == tok.encode([SHAKES])
+    assert back.mask_token_id == tok.mask_token_id
+
+
+def test_packing_a_char_corpus_has_no_eos(tmp_path):
+    "A tokenizer without <eos> packs one continuous stream; one with it still ends every document with it."
+    from stackwise.data.tokenization import char_tokenizer
+    tok = char_tokenizer('abc')
+    assert packed_corpus(['ab', 'c'], tok, cache=tmp_path, progress=False).tolist() == [0, 1, 2]
+    bt = ByteTokenizer()
+    assert packed_corpus(['ab', 'c'], bt, cache=tmp_path, progress=False).tolist() == [97, 98, bt.eos_token_id, 99, bt.eos_token_id]
+    assert packed_corpus(['ab', 'c'], bt, cache=tmp_path, progress=False, eos=False).tolist() == [97, 98, 99]
+
+
+def test_lm_blocks_holds_out_the_last_tenth_without_a_validation_split(shakes_root):
+    "Only a train split (the local Tiny Shakespeare): the first 90% of the characters train, the last 10% validate, as nanoGPT cuts them."
+    from stackwise.data.packing import lm_blocks, validation_split
+    from stackwise.data.tokenization import char_tokenizer
+    assert validation_split('tinyshakespeare') is None
+    lb = lm_blocks('tinyshakespeare', 'chars', 64)
+    cut = int(len(SHAKES) * 0.9)
+    train, val = lb
+    assert lb.tokenizer.chars == ''.join(sorted(set(SHAKES))) and lb.tokenizer.eos_token_id is None
+    assert lb.tokenizer.decode(train.tokens) == SHAKES[:cut] and lb.tokenizer.decode(val.tokens) == SHAKES[cut:]
+    assert (len(train), len(val)) == ((cut - 1) // 64, (len(SHAKES) - cut - 1) // 64)
+    assert f'({cut:,}) to train' in lb.source and f'the last 10% ({len(SHAKES) - cut:,}) to validate' in lb.source
+    assert f'{len(train):,} training and {len(val):,} validation blocks of 64' in lb.source and 'no <eos>' in lb.source
+    alone = lm_blocks('tinyshakespeare', 'chars', 64, validate=False)  # the same training text whether or not it validates
+    assert alone.val is None and np.array_equal(alone.train.tokens, train.tokens)
+    fifth = lm_blocks('tinyshakespeare', lambda texts: char_tokenizer(texts, mask=True), 64, val_fraction=0.2)  # a tokenizer factory
+    assert fifth.tokenizer.mask_token_id == fifth.tokenizer.vocab_size - 1 and len(fifth.tokenizer.decode(fifth.val.tokens)) == len(SHAKES) - int(len(SHAKES) * 0.8)
+    with pytest.raises(StackwiseError, match='no validation text.*val_fraction > 0, or validate=False'):
+        lm_blocks('tinyshakespeare', 'chars', 64, val_fraction=0.0)
+    assert lm_blocks('tinyshakespeare', 'chars', 64, val_fraction=0.0, validate=False).tokenizer.decode(alone.train.tokens[:5]) == 'First'
+
+
+def test_lm_blocks_uses_a_validation_split_where_the_source_has_one(tmp_path, monkeypatch):
+    "A local copy with train and validation files validates on the file; with no local copy, the hub's splits decide."
+    from stackwise.data.packing import lm_blocks, validation_split
+    reg = dict(sd.registry())
+    reg['wikitext2'] = dict(reg['wikitext2'], local=dict(reg['wikitext2']['local'], files=dict(train='train.txt', validation='valid.txt')))
+    monkeypatch.setattr(sd, 'registry', lambda: reg); monkeypatch.setenv('STACKWISE_CACHE', str(tmp_path/'cache'))
+    _write(tmp_path, 'wikitext2/train.txt', ' = A = \n' + ' the cat sat on the mat . \n' * 40)
+    _write(tmp_path, 'wikitext2/valid.txt', ' the mat sat on the cat . \n' * 10)
+    assert validation_split('wikitext2', tmp_path) == 'validation'
+    lb = lm_blocks('wikitext2', ByteTokenizer(), 16, root=tmp_path)
+    assert 'split train to train, validation to validate' in lb.source
+    assert ByteTokenizer().decode(lb.val.tokens).startswith(' the mat sat')
+    assert validation_split('tinyshakespeare') == 'validation' and validation_split('openwebtext') is None  # no local copy: the hub's splits
+
+
+def test_a_damaged_local_file_is_named_with_the_fix(shakes_root, tmp_path):
+    "Random bytes for input.txt, a JSON-lines file cut mid-row: one StackwiseError naming the file, never a decoder traceback or a fallback."
+    from stackwise.data.packing import lm_blocks
+    path = shakes_root/'tinyshakespeare'/'input.txt'
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    for load in (lambda: sd.load_dataset('tinyshakespeare'), lambda: sd.lm_texts('tinyshakespeare'), lambda: lm_blocks('tinyshakespeare', 'chars', 64)):
+        with pytest.raises(StackwiseError, match=rf'{path}: cannot be read as text \(not UTF-8 text.*copy it again.*stackwise data check tinyshakespeare') as e:
+            load()
+        assert e.value.__cause__ is None and '\n' not in str(e.value)
+    _write(tmp_path, 'lm_eval/piqa.jsonl', '{"choices": ["x", "y"], "gold": 1, "query": "Q"}\n{"choices": ["x", "y"], "go')
+    with pytest.raises(StackwiseError, match=r'piqa.jsonl: cannot be read as jsonl \(ArrowInvalid: JSON parse error.*stackwise data check piqa'):
+        sd.load_dataset('piqa', 'validation', root=tmp_path)
+
+
+def test_a_truncated_packed_cache_is_rebuilt(tmp_path, capsys):
+    "A packed .bin shorter than its .json records: load_tokens refuses it by name, packed_corpus packs it again and says so on stderr."
+    bt = ByteTokenizer()
+    texts = ['first doc', 'second one']
+    want = packed_corpus(texts, bt, cache=tmp_path, progress=False).tolist()
+    (path,) = tmp_path.glob('*.bin')
+    path.write_bytes(path.read_bytes()[:7])
+    with pytest.raises(StackwiseError, match=rf'{path}: it has 7 bytes, where {path.name}.json records 21 uint16 tokens \(42 bytes\); pack it again'):
+        load_tokens(path)
+    assert packed_corpus(texts, bt, cache=tmp_path, progress=False).tolist() == want
+    err = capsys.readouterr().err
+    assert f'the packed-token cache {path} is damaged (it has 7 bytes' in err and 'tokenizing the corpus again' in err and err.count('\n') == 1
+    path.unlink()
+    assert packed_corpus(texts, bt, cache=tmp_path, progress=False).tolist() == want and 'it is missing' in capsys.readouterr().err
+    assert packed_corpus(texts, bt, cache=tmp_path, progress=False).tolist() == want and capsys.readouterr().err == ''

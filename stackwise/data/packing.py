@@ -4,7 +4,8 @@
 
 # %% ../../nbs/12_data.packing.ipynb #c77607f0
 from __future__ import annotations
-import hashlib, itertools, json, os, tempfile
+import hashlib, itertools, json, os, sys, tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -13,10 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import StackwiseError, write_json, read_json
-from .tokenization import Tokenizer, cache_dir
+from .tokenization import Tokenizer, cache_dir, get_tokenizer
 
 # %% auto #0
-__all__ = ['pack_tokens', 'load_tokens', 'packed_corpus', 'TokenBlocks', 'BlockLoader', 'stream_blocks', 'lm_blocks']
+__all__ = ['pack_tokens', 'load_tokens', 'packed_corpus', 'TokenBlocks', 'BlockLoader', 'stream_blocks', 'LMBlocks',
+           'validation_split', 'lm_blocks']
 
 # %% ../../nbs/12_data.packing.ipynb #59953bda
 def _dtype(vocab_size:int): return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
@@ -53,11 +55,20 @@ def pack_tokens(texts:Iterable[str], # documents, e.g. a dataset's `text` column
                                     tokenizer=tokenizer.fingerprint(), vocab_size=tokenizer.vocab_size, eos=eos))
     return path
 
+def _damage(path:Path) -> str|None:
+    "Why the packed file at `path` cannot be read (no metadata, unreadable metadata, the wrong size), or None."
+    meta = Path(f'{path}.json')
+    if not meta.exists(): return f'it has no {meta.name}: it was not written completely'
+    try: m = read_json(meta); want = m['n_tokens'] * np.dtype(m['dtype']).itemsize
+    except (ValueError, KeyError, TypeError) as e: return f'{meta.name} is unreadable ({type(e).__name__})'
+    size = path.stat().st_size if path.exists() else None
+    if size != want: return f'{"it is missing" if size is None else f"it has {size:,} bytes"}, where {meta.name} records {m["n_tokens"]:,} {m["dtype"]} tokens ({want:,} bytes)'
+
 def load_tokens(path:str|Path) -> np.memmap:
-    "The token ids of a packed file, memory-mapped read-only."
-    path, meta = Path(path), Path(f'{path}.json')
-    if not meta.exists(): raise StackwiseError(f'{path} has no {meta.name}: it was not written completely; pack it again')
-    m = read_json(meta)
+    "The token ids of a packed file, memory-mapped read-only; an error when it is incomplete or damaged."
+    path = Path(path)
+    if why := _damage(path): raise StackwiseError(f'{path}: {why}; pack it again (packed_corpus does so by itself)')
+    m = read_json(f'{path}.json')
     if m['n_tokens'] == 0: return np.zeros(0, dtype=m['dtype'])
     return np.memmap(path, dtype=m['dtype'], mode='r', shape=(m['n_tokens'],))
 
@@ -66,17 +77,21 @@ def packed_corpus(texts, # a `datasets.Dataset` with a `text` column, or a list 
                   tokenizer:Tokenizer,
                   cache:str|Path|None=None, # folder of packed files (None: `cache_dir()/'packed'`)
                   progress:bool=True,
+                  eos:bool|None=None, # end every document with `<eos>` (None: when the tokenizer has one)
                  ) -> np.memmap:
-    "The corpus as token ids, tokenized on first use and read from the cache after."
+    "The corpus as token ids, tokenized on first use and read from the cache after (again if the cached file is damaged)."
+    eos = tokenizer.eos_token_id is not None if eos is None else eos
     fp = getattr(texts, '_fingerprint', None)
     h = hashlib.sha256(tokenizer.fingerprint().encode())
     if fp: h.update(fp.encode())
     else:
         for t in texts: h.update(t.encode('utf-8')); h.update(b'\x00')
+    if not eos: h.update(b'no <eos>')  # files packed with <eos> keep their names
     path = Path(cache or cache_dir()/'packed')/f'{h.hexdigest()[:20]}.bin'
-    if not Path(f'{path}.json').exists():
+    if why := _damage(path):
+        if Path(f'{path}.json').exists(): print(f'stackwise: the packed-token cache {path} is damaged ({why}): tokenizing the corpus again', file=sys.stderr)
         col = texts['text'] if fp else texts
-        pack_tokens(col, tokenizer, path, total=len(col), progress=progress)
+        pack_tokens(col, tokenizer, path, eos=eos, total=len(col), progress=progress)
     return load_tokens(path)
 
 # %% ../../nbs/12_data.packing.ipynb #31e96af0
@@ -151,12 +166,39 @@ def stream_blocks(texts:Iterable[str], # documents, e.g. `load_dataset(name, str
             made += 1
 
 # %% ../../nbs/12_data.packing.ipynb #328cb5bf
-def lm_blocks(data:str, tokenizer, seq_len:int, # a registry LM corpus or "synthetic"; its tokenizer; tokens per sequence
+@dataclass
+class LMBlocks:
+    "A corpus as token blocks: training and validation blocks, the tokenizer that made them, a sentence saying what they are."
+    train: TokenBlocks
+    val: TokenBlocks|None
+    tokenizer: Tokenizer
+    source: str
+    def __iter__(self): return iter((self.train, self.val))  # `train, val = lm_blocks(...)`
+
+def validation_split(data:str, root=None) -> str|None:
+    "`'validation'` where the source holding `data`'s training split (its local copy, else the hub) has one, else None."
+    from stackwise.data.sources import dataset_spec, local_files
+    spec = dataset_spec(data)
+    if local_files(spec, 'train', root): return 'validation' if local_files(spec, 'validation', root) else None
+    return 'validation' if 'validation' in spec['hub']['splits'] else None
+
+def lm_blocks(data:str, # a registry LM corpus or "synthetic"
+              tokenizer, # a Tokenizer, a name for `get_tokenizer` ("chars": this corpus's characters), or a function of the texts making one
+              seq_len:int, # tokens per sequence
               seed:int=0, # the synthetic language's seed
-              validate:bool=True, # also the blocks of the validation split
-              root=None) -> tuple[TokenBlocks, TokenBlocks|None]:
-    "Training token blocks of `data` and (with `validate`) those of its validation split; no fallback."
+              validate:bool=True, # also the validation blocks
+              root=None, # local copies folder (see `sources.data_root`)
+              val_fraction:float=0.1, # held out of the training split (its end) when the corpus has no validation split
+             ) -> LMBlocks:
+    "Training and (with `validate`) validation token blocks of `data`, with their tokenizer and source; no fallback."
     from stackwise.data.sources import lm_texts
-    t = lm_texts(data, root, split='train', val_split='validation' if validate else None, val_fraction=0.0, seed=seed, fallback=False)
+    t = lm_texts(data, root, split='train', val_split=None if data == 'synthetic' else validation_split(data, root),
+                 val_fraction=val_fraction, seed=seed, fallback=False)
+    if isinstance(tokenizer, str): tokenizer = get_tokenizer(tokenizer, texts=t['train'] + t['val'])
+    elif not isinstance(tokenizer, Tokenizer): tokenizer = tokenizer(t['train'] + t['val'])
+    if validate and not any(t['val']): raise StackwiseError(f'{data} has no validation text ({t["source"]}): pass val_fraction > 0, or validate=False')
     blocks = lambda texts: TokenBlocks(packed_corpus(texts, tokenizer, progress=False), seq_len)
-    return blocks(t['train']), blocks(t['val']) if validate else None
+    train, val = blocks(t['train']), blocks(t['val']) if validate else None
+    joins = 'documents joined by <eos>' if tokenizer.eos_token_id is not None else 'one stream, no <eos>'
+    counts = f'{len(train):,} training' + (f' and {len(val):,} validation' if val is not None else ' (validation not read)')
+    return LMBlocks(train, val, tokenizer, f"{t['source']}; tokenizer {tokenizer.name} ({tokenizer.vocab_size} ids, {joins}); {counts} blocks of {seq_len}")

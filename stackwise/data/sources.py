@@ -112,20 +112,23 @@ def _parallel(paths:list[Path], langs:list[str]) -> dict:
 
 # %% ../../nbs/10_data.sources.ipynb #f180ac2f
 def _read_local(spec:dict, split:str, files:list[Path]):
-    "One split of a local copy as a `datasets.Dataset`, in the file's own columns."
-    import datasets
-    local, files_ = spec['local'], [str(f) for f in files]
-    fmt = local['format']
-    kw = dict(data_files={split: files_}, split=split)
-    if fmt == 'text': ds = datasets.load_dataset('text', sample_by=local.get('sample_by', 'line'), keep_linebreaks=True, **kw)
-    elif fmt == 'tsv': ds = datasets.load_dataset('csv', sep='\t', quoting=csv.QUOTE_NONE, keep_default_na=False, **kw)
-    elif fmt == 'jsonl': ds = datasets.load_dataset('json', **kw)
-    elif fmt == 'csv': ds = datasets.load_dataset('csv', keep_default_na=False, **kw)
-    elif fmt == 'squad_json': ds = datasets.Dataset.from_dict(_squad_json(files[0]))
-    elif fmt == 'conll': ds = datasets.Dataset.from_dict(_conll(files[0], spec['label_names']))
-    elif fmt == 'hellaswag6': ds = datasets.Dataset.from_dict(_hellaswag6(files[0]))
-    elif fmt == 'parallel': ds = datasets.Dataset.from_dict(_parallel(files, spec['languages']))
-    else: raise StackwiseError(f"dataset {spec['name']!r}: unknown local format {fmt!r} in stackwise/benchmarks/datasets.yaml")
+    "One split of a local copy as a `datasets.Dataset`, in the file's own columns; an error naming the files when they cannot be read."
+    import datasets, pyarrow
+    local, fmt, kw = spec['local'], spec['local']['format'], dict(data_files={split: [str(f) for f in files]}, split=split)
+    try:
+        if fmt == 'text': ds = datasets.load_dataset('text', sample_by=local.get('sample_by', 'line'), keep_linebreaks=True, **kw)
+        elif fmt == 'tsv': ds = datasets.load_dataset('csv', sep='\t', quoting=csv.QUOTE_NONE, keep_default_na=False, **kw)
+        elif fmt == 'jsonl': ds = datasets.load_dataset('json', **kw)
+        elif fmt == 'csv': ds = datasets.load_dataset('csv', keep_default_na=False, **kw)
+        elif fmt == 'squad_json': ds = datasets.Dataset.from_dict(_squad_json(files[0]))
+        elif fmt == 'conll': ds = datasets.Dataset.from_dict(_conll(files[0], spec['label_names']))
+        elif fmt == 'hellaswag6': ds = datasets.Dataset.from_dict(_hellaswag6(files[0]))
+        elif fmt == 'parallel': ds = datasets.Dataset.from_dict(_parallel(files, spec['languages']))
+        else: raise StackwiseError(f"dataset {spec['name']!r}: unknown local format {fmt!r} in stackwise/benchmarks/datasets.yaml")
+    except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError, pyarrow.ArrowException) as e:  # binary, truncated, another format
+        why = f'not UTF-8 text: {c.reason}' if isinstance(c := e.__cause__ or e, UnicodeDecodeError) else f'{type(c).__name__}: {str(c).splitlines()[0][:200]}'
+        raise StackwiseError(f"{', '.join(map(str, files))}: cannot be read as {fmt} ({why}). The local copy of {spec['name']!r} is damaged, "
+                             f"truncated or not this dataset: copy it again from its source, then check it with `stackwise data check {spec['name']}`") from None
     if local.get('split_field'): ds = ds.filter(lambda r: r[local['split_field']] == split)
     return ds
 
@@ -344,6 +347,7 @@ def lm_texts(data:str, # a registry corpus (tinyshakespeare, europarl_fr_en, wik
         return dict(train=train, val=val, data='synthetic', real=False,
                     source=f'SYNTHETIC: the known-entropy Markov language (order 1, 27 symbols; seed {seed}), not {data}: {why}')
     if data == 'synthetic': return synthetic('asked for')
+    if not 0 <= val_fraction < 1: raise StackwiseError(f'val_fraction must be in [0, 1), got {val_fraction!r}')
     spec = dataset_spec(data)
     split = split or ('train' if 'train' in spec.get('local', {}).get('files', {}) else 'test')
     try:
@@ -351,17 +355,16 @@ def lm_texts(data:str, # a registry corpus (tinyshakespeare, europarl_fr_en, wik
         if val_split: train, val, how = rows, _documents(load_dataset(data, val_split, root=root), spec), f'split {split} to train, {val_split} to validate'
         elif len(rows) == 1 and isinstance(rows[0], str):  # one document: cut by characters
             cut = int(len(rows[0]) * (1 - val_fraction)); train, val = [rows[0][:cut]], [rows[0][cut:]]
-            how = f'split {split}: the first {1 - val_fraction:.0%} of its characters to train, the last {val_fraction:.0%} to validate'
+            how = f'split {split}: the first {1 - val_fraction:.0%} of its characters ({cut:,}) to train, the last {val_fraction:.0%} ({len(rows[0]) - cut:,}) to validate'
         else:
             cut = int(len(rows) * (1 - val_fraction)); train, val = rows[:cut], rows[cut:]
             how = f'split {split}: the first {1 - val_fraction:.0%} to train, the last {val_fraction:.0%} to validate'
     except StackwiseError as e:
-        if not fallback: raise
+        if not fallback or local_files(spec, split, root): raise  # a local copy that cannot be read is to be fixed, not replaced
         print(f"{SYNTHETIC_BANNER}\nstackwise: corpus {data!r} is not available ({str(e).splitlines()[0]}).\n"
               f"stackwise: USING SYNTHETIC DATA INSTEAD: the known-entropy Markov language, not {data}.\n{SYNTHETIC_BANNER}", file=sys.stderr)
         warnings.warn(f'corpus {data!r} replaced by synthetic data', stacklevel=2)
-        base = data_root(root)
-        return synthetic(f'no local copy ({"STACKWISE_DATA is not set" if base is None else "not under " + str(base)}) and the hub does not answer')
+        return synthetic(f'no local copy ({"STACKWISE_DATA is not set" if (base := data_root(root)) is None else f"not under {base}"}) and the hub does not answer')
     pairs = bool(rows) and isinstance(rows[0], dict)
     where = f'local copy in {data_root(root)}' if local_files(spec, split, root) else 'the dataset hub'
     what = f'{len(rows):,} aligned {"-".join(rows[0])} sentence pairs, both sides' if pairs else f'{sum(map(len, rows)):,} characters'
