@@ -50,10 +50,11 @@ def resume_args(path:str|Path, # the run folder to continue
             'overrides': [*saved.get('overrides', []), *[o for o in args['overrides'] if o not in saved.get('overrides', [])]]}
 
 # %% ../../nbs/39a_train.launch.ipynb #6d649f5c
-def _tokenizer(name:str|None, data:str, family:str, texts=None):
-    "The tokenizer asked for: a family's by default (bytes for the synthetic language), or bytes, chars (of the corpus), a bpe-*.json or hub name."
-    from stackwise.data.tokenization import get_tokenizer
-    return get_tokenizer(name or ('bytes' if data == 'synthetic' else family))
+def _tokenizer(name:str|None, data:str, family:str, mask:bool):
+    "The tokenizer asked for, or (chars: it depends on the corpus) a function of the texts making it: the family's by default (bytes for the synthetic language), or bytes, chars, a saved .json or a hub name."
+    from stackwise.data.tokenization import char_tokenizer, get_tokenizer
+    name = name or ('bytes' if data == 'synthetic' else family)
+    return (lambda texts: char_tokenizer(texts, mask=mask)) if name == 'chars' else get_tokenizer(name)
 
 def train_run(experiment:str='train', # run folders go to results/<experiment>/
               results:str|Path|None=None, # results folder (see `runs.results_root`)
@@ -64,6 +65,7 @@ def train_run(experiment:str='train', # run folders go to results/<experiment>/
     import torch
     from stackwise.config import family_preset, load_config
     from stackwise.data.packing import BlockLoader, lm_blocks
+    from stackwise.data.tokenization import CharTokenizer
     from stackwise.models.rack import Rack, lazy_rack
     from stackwise.train.curricula import check_depth
     from stackwise.train.depth import DepthTrainer
@@ -79,22 +81,28 @@ def train_run(experiment:str='train', # run folders go to results/<experiment>/
     depth = bool(a['mode'] or a['curriculum'] or a['noise_schedule'] or depth_over)  # any depth-as-time choice: the depth-as-time trainer
     objective = a['objective'] or ('diffusion' if depth else 'clm')
     preset = family_preset(a['family'], a['config'])
-    tok = _tokenizer(a['tokenizer'], a['data'], load_config(preset).family)
-    mask = tok.mask_token_id if objective != 'clm' else None
-    if depth:
-        dcfg = DepthConfig(**{'mode': a['mode'] or 'layerwise', 'curriculum': a['curriculum'] or 'left2right',
-                              'noise_schedule': a['noise_schedule'] or 'cosine', **depth_over, 'objective': objective, 'mask_token_id': mask})
-        cfg = TrainConfig(**{**train_over, 'dtype': a['dtype']})
-    else: cfg = TrainConfig(**{**train_over, 'dtype': a['dtype'], 'objective': objective, 'mask_token_id': mask})
-    mcfg = load_config(preset, [f'vocab_size={tok.vocab_size}', f"max_seq_len={a['seq_len']}", f'causal={objective == "clm"}', *model_over])
-    if depth: check_depth(dcfg, mcfg, a['batch_size'], a['seq_len'])  # refused before any data is read or folder made
-    train_blocks, val_blocks = lm_blocks(a['data'], tok, a['seq_len'], cfg.seed, validate=bool(cfg.eval_every))
-    train = BlockLoader(train_blocks, a['batch_size'], seed=cfg.seed)
-    val = BlockLoader(val_blocks, a['batch_size'], shuffle=False) if val_blocks is not None else None
+    tok = _tokenizer(a['tokenizer'], a['data'], load_config(preset).family, mask=objective != 'clm')
+
+    def configs(tok):
+        mask = tok.mask_token_id if objective != 'clm' else None
+        dcfg = DepthConfig(**{'mode': a['mode'] or 'layerwise', 'curriculum': a['curriculum'] or 'left2right', 'noise_schedule': a['noise_schedule'] or 'cosine',
+                              **depth_over, 'objective': objective, 'mask_token_id': mask}) if depth else None
+        cfg = TrainConfig(**{**train_over, 'dtype': a['dtype'], **({} if depth else {'objective': objective, 'mask_token_id': mask})})
+        mcfg = load_config(preset, [f'vocab_size={tok.vocab_size}', f"max_seq_len={a['seq_len']}", f'causal={objective == "clm"}', *model_over])
+        if depth: check_depth(dcfg, mcfg, a['batch_size'], a['seq_len'])
+        return dcfg, cfg, mcfg
+    if callable(tok) and not hasattr(tok, 'encode'): TrainConfig(**{**train_over, 'dtype': a['dtype']})  # chars: the vocabulary comes with the data
+    else: configs(tok)  # refused before any data is read or folder made
+    lb = lm_blocks(a['data'], tok, a['seq_len'], train_over.get('seed', 0), validate=bool(train_over.get('eval_every', 0)), val_fraction=a['val_fraction'])
+    (dcfg, cfg, mcfg), tok = configs(lb.tokenizer), lb.tokenizer
+    print(f'data: {lb.source}', file=sys.stderr)
+    train = BlockLoader(lb.train, a['batch_size'], seed=cfg.seed)
+    val = BlockLoader(lb.val, a['batch_size'], shuffle=False) if lb.val is not None else None
     command = shlex.join(['stackwise', *(sys.argv[1:] if argv is None else argv)])
-    run = start_run(experiment, dict(command=command, cli=a, preset=preset, data=a['data'], tokenizer=getattr(tok, 'name', type(tok).__name__),
+    run = start_run(experiment, dict(command=command, cli=a, preset=preset, data=a['data'], data_source=lb.source, tokenizer=tok.name,
                                      seq_len=a['seq_len'], batch_size=a['batch_size'], model=dataclasses.asdict(mcfg)),
                     root=results, path=resume)
+    if isinstance(tok, CharTokenizer) and not (run.path/'tokenizer.json').exists(): tok.save(run.path/'tokenizer.json')  # for evaluate and generation
     with run.locked(), run.recording() if resume is None else nullcontext():  # a refused resume leaves the folder as it was
         torch.manual_seed(cfg.seed)  # the initial weights
         if depth: out = DepthTrainer(lazy_rack(mcfg), train, dcfg, cfg, val, run).fit(resume=resume is not None)
