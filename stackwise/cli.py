@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--tokenizer', help="bytes, chars (the corpus's characters), a bpe-*.json file or a hub name (default: the family's; bytes for synthetic)")
     s.add_argument('--val-fraction', type=_number(float, 0, 0.99, example='0.1'), default=0.1, help='held out of the training split to validate on, '
                    'when the corpus has no validation split (0.1: the last 10%%)')
+    s.add_argument('--sampling', default='blocks', choices=('blocks', 'windows'), help='training sequences: blocks (disjoint, shuffled per epoch) '
+                   'or windows (every start offset, shuffled: nanoGPT\'s random offsets)')
     s.add_argument('--seq-len', type=COUNT, default=128, help='tokens per sequence')
     s.add_argument('--batch-size', type=COUNT, default=16, help='sequences per micro-batch')
     s.add_argument('--experiment', default='train', help='run folders go to results/<experiment>/')

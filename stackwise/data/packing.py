@@ -17,8 +17,8 @@ from ..core import StackwiseError, write_json, read_json
 from .tokenization import Tokenizer, cache_dir, get_tokenizer
 
 # %% auto #0
-__all__ = ['pack_tokens', 'load_tokens', 'packed_corpus', 'TokenBlocks', 'BlockLoader', 'stream_blocks', 'LMBlocks',
-           'validation_split', 'lm_blocks']
+__all__ = ['pack_tokens', 'load_tokens', 'packed_corpus', 'TokenBlocks', 'TokenWindows', 'BlockLoader', 'stream_blocks',
+           'LMBlocks', 'validation_split', 'lm_blocks']
 
 # %% ../../nbs/12_data.packing.ipynb #59953bda
 def _dtype(vocab_size:int): return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
@@ -107,6 +107,14 @@ class TokenBlocks(torch.utils.data.Dataset):
         if not 0 <= i < len(self): raise IndexError(i)
         s = i * self.seq_len
         return torch.from_numpy(np.asarray(self.tokens[s:s + self.seq_len + 1], dtype=np.int64))
+
+# %% ../../nbs/12_data.packing.ipynb #ad1055c0
+class TokenWindows(TokenBlocks):
+    "Windows of `seq_len + 1` tokens at every start offset of a token array (nanoGPT's random-offset sampling, through a seeded order)."
+    def __len__(self): return len(self.tokens) - self.seq_len
+    def __getitem__(self, i):
+        if not 0 <= i < len(self): raise IndexError(i)
+        return torch.from_numpy(np.asarray(self.tokens[i:i + self.seq_len + 1], dtype=np.int64))
 
 # %% ../../nbs/12_data.packing.ipynb #3db0128f
 class BlockLoader:

@@ -32,7 +32,7 @@ def split_overrides(words:list[str]) -> tuple[dict, list[str], dict]:
 
 # %% ../../nbs/39a_train.launch.ipynb #e829b571
 TRAIN_ARGS = dict(family='gpt2', config='nano', dtype='fp32', objective=None, mode=None, curriculum=None, noise_schedule=None,
-                  data='synthetic', tokenizer=None, val_fraction=0.1, seq_len=128, batch_size=16, overrides=[])
+                  data='synthetic', tokenizer=None, val_fraction=0.1, sampling='blocks', seq_len=128, batch_size=16, overrides=[])
 
 def resume_args(path:str|Path, # the run folder to continue
                 args:dict, # the arguments given now (those left at TRAIN_ARGS's defaults are taken from the run)
@@ -64,7 +64,7 @@ def train_run(experiment:str='train', # run folders go to results/<experiment>/
     "Train as `stackwise train` does (`args`: TRAIN_ARGS); returns the run folder and the final figures."
     import torch
     from stackwise.config import family_preset, load_config
-    from stackwise.data.packing import BlockLoader, lm_blocks
+    from stackwise.data.packing import BlockLoader, TokenWindows, lm_blocks
     from stackwise.data.tokenization import CharTokenizer
     from stackwise.models.rack import Rack, lazy_rack
     from stackwise.train.curricula import check_depth
@@ -77,6 +77,7 @@ def train_run(experiment:str='train', # run folders go to results/<experiment>/
     for k in ('seq_len', 'batch_size'):
         if not (isinstance(a[k], int) and a[k] >= 1): raise StackwiseError(f'{k} must be a whole number >= 1, got {a[k]!r}')
     if not 0 <= a['val_fraction'] < 1: raise StackwiseError(f"val_fraction must be in [0, 1), got {a['val_fraction']}: e.g. 0.1")
+    if a['sampling'] not in ('blocks', 'windows'): raise StackwiseError(f"unknown sampling {a['sampling']!r}: use blocks (disjoint) or windows (every offset, as nanoGPT)")
     train_over, model_over, depth_over = split_overrides(a['overrides'])
     depth = bool(a['mode'] or a['curriculum'] or a['noise_schedule'] or depth_over)  # any depth-as-time choice: the depth-as-time trainer
     objective = a['objective'] or ('diffusion' if depth else 'clm')
@@ -96,7 +97,7 @@ def train_run(experiment:str='train', # run folders go to results/<experiment>/
     lb = lm_blocks(a['data'], tok, a['seq_len'], train_over.get('seed', 0), validate=bool(train_over.get('eval_every', 0)), val_fraction=a['val_fraction'])
     (dcfg, cfg, mcfg), tok = configs(lb.tokenizer), lb.tokenizer
     print(f'data: {lb.source}', file=sys.stderr)
-    train = BlockLoader(lb.train, a['batch_size'], seed=cfg.seed)
+    train = BlockLoader(lb.train if a['sampling'] == 'blocks' else TokenWindows(lb.train.tokens, a['seq_len']), a['batch_size'], seed=cfg.seed)
     val = BlockLoader(lb.val, a['batch_size'], shuffle=False) if lb.val is not None else None
     command = shlex.join(['stackwise', *(sys.argv[1:] if argv is None else argv)])
     run = start_run(experiment, dict(command=command, cli=a, preset=preset, data=a['data'], data_source=lb.source, tokenizer=tok.name,
