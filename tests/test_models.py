@@ -77,3 +77,28 @@ def test_scaling_presets_follow_seed_table():
     for name, (L, d, r) in table.items():
         c = load_config(f'scaling/{name}')
         assert (c.n_layers, c.d_model, c.ffn_ratio, c.head_dim) == (L, d, r, 64)
+
+
+def _nan_rack():
+    torch.manual_seed(0)
+    rack = Rack(load_config('decoder/gpt2_family/nano', ['vocab_size=64', 'n_layers=1', 'd_model=32', 'n_heads=2', 'max_seq_len=32']))
+    return rack
+
+
+def test_load_rack_verifies_a_checkpoint_and_refuses_nan(tmp_path):
+    "A checkpoint folder (meta.json) is checked against its hashes; any saved Rack holding NaN/inf is refused, naming the tensor."
+    import math
+    from stackwise.core import StackwiseError
+    from stackwise.models.families import load_rack, save_rack
+    from stackwise.train.checkpoint import save_checkpoint
+    rack = _nan_rack()
+    ck = save_checkpoint(tmp_path/'checkpoints', 'step-000001', rack, dict(step=1), dict(step=1))
+    assert load_rack(ck).cfg.d_model == 32
+    with open(ck/'model.safetensors', 'r+b') as f:
+        f.seek(-8, 2); tail = f.read(8); f.seek(-8, 2); f.write(bytes(b ^ 0xFF for b in tail))
+    with pytest.raises(StackwiseError, match='is corrupted: model.safetensors'): load_rack(ck)
+    plain = save_rack(rack, tmp_path/'plain')  # a saved Rack without meta.json: no hashes to check, still loadable
+    assert load_rack(plain).cfg.d_model == 32
+    with torch.no_grad(): rack.stacks[0].blocks[0].mlp.up.weight[0, 0] = math.inf
+    save_rack(rack, plain)
+    with pytest.raises(StackwiseError, match=r"plain/model.safetensors.*'stacks.0.blocks.0.mlp.up.weight'.*1 inf"): load_rack(plain)

@@ -68,11 +68,27 @@ def test_texts_local_parallel_copy(tmp_path, monkeypatch):
     assert t['train'] == [s for p in zip(fr[:8], en[:8]) for s in p] and t['val'] == ['phrase 8', 'sentence 8', 'phrase 9', 'sentence 9']
 
 
+PIN = '0123456789abcdef0123456789abcdef01234567'
+
+
 def test_pretrained_backpack_offline_error(tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('HF_HOME', str(tmp_path/'hf'))  # an empty cache
-    with pytest.raises(StackwiseError, match='HF_HUB_OFFLINE is set.*Fix:'): pretrained_backpack('stanfordnlp/backpack-gpt2')
-    with pytest.raises(StackwiseError, match='not a complete saved model'): pretrained_backpack(str(tmp_path))
+    with pytest.raises(StackwiseError, match='HF_HUB_OFFLINE is set.*Fix:'): pretrained_backpack('stanfordnlp/backpack-gpt2', trust_remote_code=True, revision=PIN)
+    with pytest.raises(StackwiseError, match='not a complete saved model'): pretrained_backpack(str(tmp_path), trust_remote_code=True)
+
+
+def test_pretrained_backpack_runs_remote_code_only_when_asked_and_pinned(monkeypatch, capsys):
+    "The Backpack's modelling code comes from its hub repo: refused without trust_remote_code, or without a commit pin, before any download."
+    import transformers
+    import stackwise.data.sources as sources
+    def no_download(*a, **k): raise AssertionError('the hub was asked')
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, 'from_pretrained', no_download)
+    monkeypatch.setattr(sources, 'hub_reachable', no_download)
+    with pytest.raises(StackwiseError, match='runs its own Python code.*trust_remote_code=True'): pretrained_backpack()
+    for rev in (None, 'main', PIN[:12]):
+        with pytest.raises(StackwiseError, match='revision=<40-hex commit>'): pretrained_backpack(trust_remote_code=True, revision=rev)
+    assert 'REMOTE CODE' not in capsys.readouterr().err
 
 
 def test_seed_tables_and_tests():

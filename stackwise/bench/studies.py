@@ -36,18 +36,25 @@ def study_tokenizer(name:str, # "bytes" or "bpe:<vocab size>" (trained on the tr
 
 # %% ../../nbs/54_bench.studies.ipynb #7a5b40fd
 def pretrained_backpack(model:str='stanfordnlp/backpack-gpt2', # a hub id or a local folder (save_pretrained)
+                        trust_remote_code:bool=False, # run the Backpack's own modelling code (it has no other)
+                        revision:str|None=None, # the hub commit whose code runs (40 hex digits; a local folder needs none)
                        ) -> tuple:
     "The pretrained Backpack and its tokenizer, from a local folder, the Hugging Face cache or the hub; a `StackwiseError` saying why and what to do when none has it."
     from transformers import AutoModelForCausalLM
     from stackwise.data.sources import hub_offline, hub_reachable
     from stackwise.data.tokenization import pretrained_tokenizer
+    from stackwise.models.families import hub_code_args
     from huggingface_hub import try_to_load_from_cache
+    if not trust_remote_code:
+        raise StackwiseError(f'the Backpack {model!r} runs its own Python code (trust_remote_code), which stackwise does not run unless asked: '
+                             f'read it, then pass trust_remote_code=True with revision=<40-hex commit> of the code you read')
+    kw = hub_code_args(model, trust_remote_code, revision)  # refuses an unpinned hub repo, then says loudly what will run
     local = Path(model).is_dir()
     online = local or hub_reachable()
-    cached = not local and isinstance(try_to_load_from_cache(model, 'config.json'), str)
+    cached = not local and isinstance(try_to_load_from_cache(model, 'config.json', revision=revision), str)
     try:
         if not (online or cached): raise OSError('not reachable, not cached')  # fail now, not after the hub client's retries
-        net = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True, local_files_only=not online)  # offline: the cache or a fast failure
+        net = AutoModelForCausalLM.from_pretrained(model, **kw, local_files_only=not online)  # offline: the cache or a fast failure
         tok = pretrained_tokenizer(model)
     except (OSError, ValueError, StackwiseError) as e:
         why = ('it is not a complete saved model' if local else

@@ -83,26 +83,29 @@ def finetune_rows(task:str|FinetuneTask,
     return train, evals, f'trained on {task.train_split} ({len(train):,} rows), scored on {task.eval_split} ({len(evals):,} rows)'
 
 # %% ../../nbs/43_eval.finetune.ipynb #c5b39a5a
-def task_model(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a preset, or a Rack
-               task:FinetuneTask, tokenizer=None, device:str='cpu', pooling:str|None=None, dropout:float=0.1):
+def task_model(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder (verified), a preset, or a Rack
+               task:FinetuneTask, tokenizer=None, device:str='cpu', pooling:str|None=None, dropout:float=0.1,
+               trust_remote_code:bool=False, revision:str|None=None): # hf:NAME only (see `harness.load_model`)
     "The backbone with a fresh head for `task`, its tokenizer, and the pooling it uses."
     from stackwise.eval.harness import tokenizer_for
+    from stackwise.models.families import hub_code_args, remote_code_error
     from stackwise.models.heads import TaskModel
     if isinstance(model_spec, str) and model_spec.startswith('hf:'):
         import transformers
         name = model_spec[3:]
         cls = dict(token=transformers.AutoModelForTokenClassification, span=transformers.AutoModelForQuestionAnswering).get(
             task.head, transformers.AutoModelForSequenceClassification)
+        kw = hub_code_args(name, trust_remote_code, revision)
         try:
-            m = cls.from_pretrained(name, **({} if task.head == 'span' else dict(num_labels=task.num_labels,
+            m = cls.from_pretrained(name, **kw, **({} if task.head == 'span' else dict(num_labels=task.num_labels,
                                     problem_type='regression' if task.head == 'regression' else 'single_label_classification' if task.head != 'token' else None)))
         except (OSError, ValueError) as e:
-            raise StackwiseError(f'could not load HF model {name!r} ({str(e).splitlines()[0][:160]}): offline, only models in the HF cache '
-                                 f'or a local folder load') from None
+            raise remote_code_error(name, e) or StackwiseError(f'could not load HF model {name!r} ({str(e).splitlines()[0][:160]}): offline, '
+                                                               f'only models in the HF cache or a local folder load') from None
         tok = tokenizer_for(m, tokenizer if tokenizer is not None else name)
         if m.config.pad_token_id is None: m.config.pad_token_id = tok.pad_token_id
         return m.to(device), tok, 'model'
-    rack, tok = (model_spec, tokenizer_for(model_spec, tokenizer)) if isinstance(model_spec, torch.nn.Module) else load_model(model_spec, tokenizer, device)
+    rack, tok = (model_spec, tokenizer_for(model_spec, tokenizer)) if isinstance(model_spec, torch.nn.Module) else load_model(model_spec, tokenizer, device, trust_remote_code, revision)
     pooling = pooling or ('last' if rack.cfg.causal else 'cls')
     return TaskModel(rack, task.head, task.num_labels, pooling=pooling, dropout=dropout).to(device), tok, pooling
 
@@ -185,7 +188,8 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
              holdout:float=0.2, pooling:str|None=None, dropout:float=0.1, eval_every:int=0,
              max_answer:int=30, # span QA: the longest answer predicted, in tokens
              doc_stride:int|None=32, # span QA: tokens shared by consecutive windows of a long context (None: cut it off at max_len)
-             progress:bool=True, tensorboard:bool=False) -> dict:
+             progress:bool=True, tensorboard:bool=False,
+             trust_remote_code:bool=False, revision:str|None=None) -> dict: # hf:NAME only (see `harness.load_model`)
     "Fine-tune a head (and the backbone) on `task`'s training rows, score the evaluation rows; one run folder."
     from stackwise.data.sources import dataset_spec
     from stackwise.models.counting import model_flops_per_token
@@ -198,7 +202,7 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
     if train_limit: train = train[:train_limit]
     if limit: evals = evals[:limit]
     torch.manual_seed(seed)
-    model, tok, pool = task_model(model_spec, t, tokenizer, device, pooling, dropout)
+    model, tok, pool = task_model(model_spec, t, tokenizer, device, pooling, dropout, trust_remote_code, revision)
     max_len = min(max_len, max_length(model))  # rows are cut to what the positions cover
     coll = _collator(t, tok, max_len, bos=pool == 'cls', stride=doc_stride)
     n_train, n_eval = len(train), len(evals)
@@ -206,7 +210,8 @@ def finetune(model_spec, # hf:NAME, a saved Rack / checkpoint / run folder, a pr
     name = model_spec if isinstance(model_spec, str) else type(model_spec).__name__
     cfg = dict(model=name, task=task, steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, train_limit=train_limit, limit=limit,
                **({'doc_stride': doc_stride, 'max_answer': max_answer} if t.head == 'span' else {}),
-               dtype=dtype, seed=seed, pooling=pool, data=note)
+               dtype=dtype, seed=seed, pooling=pool, data=note,
+               **({'trust_remote_code': True} if trust_remote_code else {}), **({'revision': revision} if revision else {}))
     run = start_run('finetune', cfg, root=results)
     tc = TrainConfig(max_steps=steps, lr=lr, warmup_steps=warmup_steps if warmup_steps is not None else max(1, steps // 10),
                      weight_decay=0.01, beta2=0.999, objective=t.objective, dtype=dtype, seed=seed, eval_every=eval_every,

@@ -71,11 +71,13 @@ def get_task(name:str) -> Task:
     return TASKS[name]
 
 # %% ../../nbs/42_eval.harness.ipynb #530c2399
-def _rows(task:Task, limit:int|None, root) -> list[dict]:
+def _rows(task:Task, limit:int|None, root) -> tuple[list[dict], int]:
+    "The first `limit` rows (all: None) and how many the split has."
     from stackwise.data.sources import load_dataset
     ds = load_dataset(task.dataset, task.split, root=root)
-    if limit is not None: ds = ds.select(range(min(limit, len(ds))))
-    return [dict(r) for r in ds]
+    n = len(ds)
+    if limit is not None: ds = ds.select(range(min(limit, n)))
+    return [dict(r) for r in ds], n
 
 @torch.no_grad()
 def _sentence_embeddings(model, tokenizer, texts:list[str]) -> torch.Tensor:
@@ -89,23 +91,25 @@ def _sentence_embeddings(model, tokenizer, texts:list[str]) -> torch.Tensor:
     return torch.stack(out)
 
 def evaluate_task(model, tokenizer, task:str|Task, # a Rack or HF LM and its tokenizer; a task name
-                  limit:int|None=None, # score only the first `limit` rows
+                  limit:int|None=None, # score only the first `limit` rows; a one-document corpus, its first `limit` perplexity windows
                   root=None, # local data folder (default: $STACKWISE_DATA)
                   max_len:int|None=None, stride:int|None=None, # perplexity windows
                   progress:bool=True,
                   masked_scoring:str='pll', # masked/diffusion LMs on cloze and choice tasks: pll | elbo (perplexity is always the ELBO)
                   n_samples:int|None=None) -> dict: # ELBO Monte Carlo samples (default: 8 per perplexity window, 16 per continuation)
-    "Zero-shot metrics of one task, with n, scoring rule, chance levels and throughput."
+    "Zero-shot metrics of one task, with n, scoring rule, chance levels and throughput; `limit` on a one-document perplexity corpus counts windows (the first max_len + (limit - 1) * stride tokens)."
     task = get_task(task) if isinstance(task, str) else task
-    rows, t0 = _rows(task, limit, root), time.perf_counter()
+    (rows, n_rows), t0 = _rows(task, limit, root), time.perf_counter()
     if not rows: raise StackwiseError(f'task {task.name} has no rows (limit={limit})')
     model.eval()
     sc = dict(masked_scoring=masked_scoring) | ({'n_samples': n_samples} if n_samples else {})
     if task.kind == 'perplexity':
         text = ''.join(r['text'] if r['text'].endswith('\n') else r['text'] + '\n' for r in rows)
-        r = text_perplexity(model, tokenizer, text, max_len=max_len, stride=stride, progress=progress, **({'n_samples': n_samples} if n_samples else {}))
+        windows = limit if limit is not None and n_rows == 1 else None  # one document: "its first row" would be all of it
+        r = text_perplexity(model, tokenizer, text, max_windows=windows, max_len=max_len, stride=stride, progress=progress, **({'n_samples': n_samples} if n_samples else {}))
         out = dict(perplexity=r['perplexity'], bits_per_byte=r['bits_per_byte'], bits_per_token=r['bits_per_token'],
-                   n_tokens=r['n_tokens'], scoring=r['scoring'])
+                   n_tokens=r['n_tokens'], n_windows=r['n_windows'], n_bytes=r['n_bytes'], scoring=r['scoring'])
+        if windows is not None: out['scored'] = f"the first {r['n_windows']} window{'s' * (r['n_windows'] != 1)} ({r['n_tokens'] + 1:,} tokens) of the corpus's one document (limit={limit})"
         out['tokens_per_s'] = r['n_tokens'] / (time.perf_counter() - t0)
     elif task.kind == 'cloze':
         pairs = [(r['context'], r['continuation'] if r['context'][-1:].isspace() or r['continuation'][:1].isspace() else ' ' + r['continuation']) for r in rows]
@@ -147,20 +151,25 @@ def tokenizer_for(model, tokenizer):
 
 def load_model(spec:str, # hf:NAME, a saved Rack / checkpoint / run folder, or a preset name
                tokenizer=None, # a tokenizer or its name ("bytes", a family, a hub name); default: the model's
-               device:str='cpu'):
-    "A model and its tokenizer from what the CLI's --model says."
+               device:str='cpu',
+               trust_remote_code:bool=False, # hf:NAME only: let the model's own Python code run (needs `revision`)
+               revision:str|None=None): # hf:NAME only: the hub commit to load (40 hex digits with remote code)
+    "A model and its tokenizer from what the CLI's --model says; a checkpoint is verified (hashes, finite weights) before it is used."
     from stackwise.config import list_presets, load_config
-    from stackwise.models.families import load_rack
+    from stackwise.models.families import hub_code_args, load_rack, remote_code_error
     from stackwise.models.rack import Rack
     if spec.startswith('hf:'):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
         name = spec[3:]
-        try: cfg = AutoConfig.from_pretrained(name)
+        kw = hub_code_args(name, trust_remote_code, revision)
+        try:
+            cfg = AutoConfig.from_pretrained(name, **kw)
+            causal = cfg.is_decoder or any(a.endswith(('CausalLM', 'LMHeadModel')) for a in (cfg.architectures or []))
+            model = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(name, **kw).to(device)
         except (OSError, ValueError) as e:
-            raise StackwiseError(f'could not load HF model {name!r} ({str(e).splitlines()[0][:160]}). Offline only models already in the '
-                                 f'HF cache load: download it where the hub is reachable, or pass a local folder') from None
-        causal = cfg.is_decoder or any(a.endswith(('CausalLM', 'LMHeadModel')) for a in (cfg.architectures or []))
-        model = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(name).to(device)
+            raise remote_code_error(name, e) or StackwiseError(
+                f'could not load HF model {name!r} ({str(e).splitlines()[0][:160]}). Offline only models already in the '
+                f'HF cache load: download it where the hub is reachable, or pass a local folder') from None
         return model, tokenizer_for(model, tokenizer if tokenizer is not None else name)
     p = Path(spec)
     if p.exists():
@@ -185,15 +194,20 @@ def _efficiency(model, seq_len:int) -> dict:
     fwd = flops_per_token(model.cfg, seq_len) / 3 if isinstance(model, Rack) else 2 * n  # training is 3 forward passes' worth
     return dict(params=n, forward_flops_per_token=fwd, peak_mem_mb=peak_memory_mb(next(model.parameters()).device))
 
-def evaluate(model_spec:str, tasks:list[str], limit:int|None=None, tokenizer=None, root=None, results=None,
-             device:str='cpu', progress:bool=True, tensorboard:bool=True, **kw) -> pd.DataFrame:
+def evaluate(model_spec:str, tasks:list[str],
+             limit:int|None=None, # rows per task; a one-document corpus, perplexity windows (see `evaluate_task`)
+             tokenizer=None, root=None, results=None, device:str='cpu', progress:bool=True, tensorboard:bool=True,
+             trust_remote_code:bool=False, revision:str|None=None, # hf:NAME only (see `load_model`)
+             **kw) -> pd.DataFrame:
     "Score `model_spec` on `tasks`, one run folder each; returns the combined table (task, metric, score, chance, run)."
     from stackwise.runs import start_run
     for t in tasks: get_task(t)  # unknown names fail before any work
-    model, tok = load_model(model_spec, tokenizer, device)
+    model, tok = load_model(model_spec, tokenizer, device, trust_remote_code, revision)
+    hub = dict(trust_remote_code=True) if trust_remote_code else {}
+    if revision: hub['revision'] = revision
     rows = []
     for t in tasks:
-        run = start_run('evaluate', dict(model=model_spec, task=t, limit=limit, tokenizer=getattr(tok, 'name', type(tok).__name__), **kw), root=results)
+        run = start_run('evaluate', dict(model=model_spec, task=t, limit=limit, tokenizer=getattr(tok, 'name', type(tok).__name__), **hub, **kw), root=results)
         try:
             m = evaluate_task(model, tok, t, limit=limit, root=root, progress=progress, **kw) | _efficiency(model, max_length(model))
         except StackwiseError as e:

@@ -25,11 +25,13 @@ class StackwiseLM(LM):
     "A Rack (or HF LM) behind lm-eval's model interface."
     def __init__(self, model='decoder/gpt2_family/nano', # a model spec (see `evaluate.load_model`) or a model
                  tokenizer=None, # a tokenizer, its name, or None for the model's
-                 device:str='cpu', batch_size=1, max_gen_toks:int=64, **kw):
+                 device:str='cpu', batch_size=1, max_gen_toks:int=64,
+                 trust_remote_code:bool=False, revision:str|None=None, # hf:NAME only (see `harness.load_model`)
+                 **kw):
         super().__init__()
         if str(device).startswith('cuda') and not torch.cuda.is_available():  # lm-eval's command line asks for cuda unless told
             warnings.warn(f'device {device!r} is not available here: using the CPU'); device = 'cpu'
-        if isinstance(model, str): self.model, self.tok = load_model(model, tokenizer, device)
+        if isinstance(model, str): self.model, self.tok = load_model(model, tokenizer, device, trust_remote_code, revision)
         else:
             from stackwise.eval.harness import tokenizer_for
             self.model, self.tok = model, tokenizer_for(model, tokenizer)

@@ -77,22 +77,37 @@ def perplexity(model, ids, # a causal LM, or a masked/diffusion LM with `mask_to
         nll = sum(elbo_nll(model, ids[b:e], range(s - b, e - b), mask_token_id, n_samples, seed=k, batch_size=batch_size)
                   for k, (b, e, s) in enumerate(tqdm(wins, desc='scoring', disable=not progress)))
         n, scoring = sum(e - s for _, e, s in wins), f'diffusion ELBO (upper bound, {n_samples} samples per window)'
-    return dict(nll_sum=nll, n_tokens=n, nll=nll / n, perplexity=math.exp(nll / n), bits_per_token=nll / n / math.log(2), scoring=scoring)
+    n_windows = len(_windows(len(torch.as_tensor(ids).flatten()), *_window_shape(model, max_len, stride)))
+    return dict(nll_sum=nll, n_tokens=n, n_windows=n_windows, nll=nll / n, perplexity=math.exp(nll / n), bits_per_token=nll / n / math.log(2), scoring=scoring)
 
-def text_perplexity(model, tokenizer, text:str, **kw) -> dict:
-    "`perplexity` of a text, with bits per UTF-8 byte."
+def text_perplexity(model, tokenizer, text:str,
+                    max_windows:int|None=None, # score only the first this many windows: the first max_len + (max_windows - 1) * stride tokens
+                    **kw) -> dict: # passed to `perplexity` (max_len, stride, ...)
+    "`perplexity` of a text (or of its first `max_windows` windows), with bits per UTF-8 byte of what was scored."
     from stackwise.data.tokenization import bits_per_byte
     if not is_causal_lm(model) and kw.get('mask_token_id') is None: kw['mask_token_id'] = getattr(tokenizer, 'mask_token_id', None)
-    r, n_bytes = perplexity(model, tokenizer.encode([text])[0], **kw), len(text.encode('utf-8'))
+    if max_windows is None: ids, n_bytes = tokenizer.encode([text])[0], len(text.encode('utf-8'))
+    else:
+        if max_windows < 1: raise StackwiseError(f'max_windows must be >= 1, got {max_windows}')
+        max_len, stride = _window_shape(model, kw.get('max_len'), kw.get('stride'))
+        ids, spans = tokenizer.offsets(text)
+        n = min(len(ids), max_len + (max_windows - 1) * stride)
+        ids, n_bytes = ids[:n], len(text.encode('utf-8')) if n == len(ids) else len(text[:spans[n - 1][1]].encode('utf-8'))  # through the last scored token's character
+    r = perplexity(model, ids, **kw)
     return r | dict(n_bytes=n_bytes, bits_per_byte=bits_per_byte(r['nll'], r['n_tokens'], n_bytes))
 
-def _window_args(model, ids, max_len:int|None, stride:int|None) -> tuple[torch.Tensor, int, int]:
-    "The token ids flat, the window length (default: the model's context) and stride (default: half a window), checked; the model in eval mode."
-    ids = torch.as_tensor(ids).flatten()
+def _window_shape(model, max_len:int|None, stride:int|None) -> tuple[int, int]:
+    "The window length (default: the model's context) and stride (default: half a window), checked."
     max_len = max_len or max_length(model)
     stride = stride or max(1, max_len // 2)
-    if len(ids) < 2: raise StackwiseError('scoring needs at least 2 tokens')
     if not 0 < stride <= max_len: raise StackwiseError(f'stride {stride} must be in 1..max_len ({max_len})')
+    return max_len, stride
+
+def _window_args(model, ids, max_len:int|None, stride:int|None) -> tuple[torch.Tensor, int, int]:
+    "The token ids flat, the window shape (`_window_shape`), checked; the model in eval mode."
+    ids = torch.as_tensor(ids).flatten()
+    if len(ids) < 2: raise StackwiseError('scoring needs at least 2 tokens')
+    max_len, stride = _window_shape(model, max_len, stride)
     model.eval()
     return ids, max_len, stride
 

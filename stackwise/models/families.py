@@ -4,7 +4,7 @@
 
 # %% ../../nbs/24_models.families.ipynb #452a402f
 from __future__ import annotations
-import json
+import json, re, sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,8 +17,8 @@ from ..core import StackwiseError, atomic_write
 from .rack import Rack
 
 # %% auto #0
-__all__ = ['HF_ADAPTERS', 'layer_key', 'map_from_hf', 'map_to_hf', 'HFAdapter', 'from_hf', 'to_hf', 'load_hf', 'save_rack',
-           'load_rack']
+__all__ = ['HF_ADAPTERS', 'layer_key', 'map_from_hf', 'map_to_hf', 'HFAdapter', 'from_hf', 'to_hf', 'load_hf', 'hub_code_args',
+           'remote_code_error', 'save_rack', 'load_rack']
 
 # %% ../../nbs/24_models.families.ipynb #7556c2e9
 def layer_key(cfg:ModelConfig, i:int) -> str:
@@ -166,6 +166,30 @@ def load_hf(name:str, stack_sizes:list[int]|None=None) -> Rack:
                              f'where the hub is reachable (huggingface-cli download {name}) or point to a local folder') from None
     return from_hf(hf, stack_sizes)
 
+# %% ../../nbs/24_models.families.ipynb #838b84be
+_COMMIT = re.compile(r'[0-9a-f]{40}')
+
+def hub_code_args(name:str, # a hub id or a local folder
+                  trust_remote_code:bool=False, # let the model's own Python code run on this machine
+                  revision:str|None=None, # the hub commit to load (required with remote code)
+                 ) -> dict:
+    "The `from_pretrained` keywords: remote code off unless asked for, and then only from a pinned commit, said on stderr."
+    kw = dict(trust_remote_code=bool(trust_remote_code)) | ({'revision': revision} if revision else {})
+    if not trust_remote_code: return kw
+    local = Path(name).is_dir()
+    if not local and not _COMMIT.fullmatch(revision or ''):
+        raise StackwiseError(f'trust_remote_code runs the Python code of {name!r} on this machine, so it must be pinned: pass '
+                             f'revision=<40-hex commit> (stackwise evaluate --revision COMMIT), the commit whose code you read; got {revision!r}')
+    print(f'stackwise: REMOTE CODE: {name}' + ('' if local else f' at revision {revision}') +
+          ' will run its own Python code on this machine (trust_remote_code=True)', file=sys.stderr)
+    return kw
+
+def remote_code_error(name:str, e:Exception) -> StackwiseError|None:
+    "The error for a `from_pretrained` failure that asks for `trust_remote_code`, else `None`."
+    if 'trust_remote_code' not in str(e): return None
+    return StackwiseError(f'{name!r} needs its own Python code (trust_remote_code), which stackwise does not run unless asked: read it, then '
+                          f'pass trust_remote_code=True with revision=<40-hex commit> (stackwise evaluate --trust-remote-code --revision COMMIT)')
+
 # %% ../../nbs/24_models.families.ipynb #fe9e5f3c
 def save_rack(rack:Rack, folder:str|Path) -> Path:
     "Write `config.yaml` and `model.safetensors` (which names the Rack's class and heads) into `folder`."
@@ -193,12 +217,15 @@ def _rack_class(meta:dict|None):
     return cls, json.loads((meta or {}).get('rack_kwargs', '{}'))
 
 def load_rack(folder:str|Path, device:str|torch.device='cpu') -> Rack:
-    "The Rack (or EncoderRack, with its heads) saved in `folder` by `save_rack`."
+    "The Rack (or EncoderRack, with its heads) saved in `folder` by `save_rack`: a checkpoint (with meta.json) verified against its hashes, a plain saved Rack (no meta.json, no hashes) unverified; NaN/inf weights refused in both."
     from safetensors import safe_open
     from safetensors.torch import load_model
+    from stackwise.train.checkpoint import check_finite, verify_checkpoint
     folder = Path(folder)
     for f in ('config.yaml', 'model.safetensors'):
         if not (folder/f).exists(): raise StackwiseError(f'{folder} has no {f}: not a Rack saved by save_rack')
+    if (folder/'meta.json').exists(): verify_checkpoint(folder)
+    else: check_finite(folder/'model.safetensors')
     with safe_open(str(folder/'model.safetensors'), 'pt') as f: cls, kwargs = _rack_class(f.metadata())
     rack = cls(load_config(folder/'config.yaml'), **kwargs)
     load_model(rack, str(folder/'model.safetensors'), device=str(device))

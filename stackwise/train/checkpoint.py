@@ -14,7 +14,7 @@ from ..core import StackwiseError, atomic_write, read_json, write_json
 
 # %% auto #0
 __all__ = ['rng_state', 'set_rng_state', 'sha256_file', 'trainable_state', 'save_checkpoint', 'set_pointer', 'resolve_checkpoint',
-           'load_checkpoint']
+           'check_finite', 'verify_checkpoint', 'load_checkpoint']
 
 # %% ../../nbs/31_train.checkpoint.ipynb #19fb1ced
 def rng_state() -> dict:
@@ -93,15 +93,34 @@ def resolve_checkpoint(path:str|Path, pointer:str='latest') -> Path:
         if (d/pointer).exists(): return d/(d/pointer).read_text().strip()
     raise StackwiseError(f'no checkpoint at {p}: pass a run folder, its checkpoints/ folder or one checkpoint folder')
 
-def load_checkpoint(path:str|Path, # a checkpoint, checkpoints or run folder
-                    pointer:str='latest') -> tuple[Path, dict, dict]:
-    "Verify a checkpoint's hashes and return its folder, meta and state (loaded with `weights_only=True`)."
-    ck = resolve_checkpoint(path, pointer)
-    if not (ck/'meta.json').exists(): raise StackwiseError(f'checkpoint {ck} is incomplete (no meta.json): resume from another checkpoint')
+_EARLIER = 'use an earlier checkpoint (e.g. checkpoints/best, or another step-* folder of the run) or start a new run'
+
+def check_finite(path:str|Path): # a safetensors file
+    "Refuse a safetensors file with NaN or inf in a floating-point tensor, naming the file and the tensor."
+    from safetensors import safe_open
+    with safe_open(str(path), 'pt') as f:
+        for k in f.keys():
+            t = f.get_tensor(k)
+            if not t.is_floating_point(): continue
+            t = t.float() if t.element_size() == 1 else t  # fp8 has no isfinite of its own
+            if not torch.isfinite(t).all():
+                raise StackwiseError(f'{path} holds non-finite weights: tensor {k!r} has {int(t.isnan().sum())} NaN and '
+                                     f'{int(t.isinf().sum())} inf values (a diverged run, or an overwritten file): {_EARLIER}')
+
+def verify_checkpoint(folder:str|Path) -> dict: # one checkpoint folder
+    "A checkpoint's meta, once every file matches the SHA-256 its meta.json recorded and its weights are finite."
+    ck = Path(folder)
+    if not (ck/'meta.json').exists(): raise StackwiseError(f'checkpoint {ck} is incomplete (no meta.json): {_EARLIER}')
     try: meta = read_json(ck/'meta.json')
-    except ValueError: raise StackwiseError(f'checkpoint {ck} is corrupted: meta.json is not valid JSON') from None
+    except ValueError: raise StackwiseError(f'checkpoint {ck} is corrupted: meta.json is not valid JSON: {_EARLIER}') from None
     for f, digest in meta.get('files', {}).items():
         if not (ck/f).exists() or sha256_file(ck/f) != digest:
-            raise StackwiseError(f'checkpoint {ck} is corrupted: {f} is missing or does not match the SHA-256 recorded when it was written; '
-                                 f'resume from an earlier checkpoint or start a new run')
-    return ck, meta, torch.load(ck/'state.pt', weights_only=True, map_location='cpu')
+            raise StackwiseError(f'checkpoint {ck} is corrupted: {f} is missing or does not match the SHA-256 recorded when it was written: {_EARLIER}')
+    if (ck/'model.safetensors').exists(): check_finite(ck/'model.safetensors')
+    return meta
+
+def load_checkpoint(path:str|Path, # a checkpoint, checkpoints or run folder
+                    pointer:str='latest') -> tuple[Path, dict, dict]:
+    "Verify a checkpoint (`verify_checkpoint`) and return its folder, meta and state (loaded with `weights_only=True`)."
+    ck = resolve_checkpoint(path, pointer)
+    return ck, verify_checkpoint(ck), torch.load(ck/'state.pt', weights_only=True, map_location='cpu')
