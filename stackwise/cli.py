@@ -160,11 +160,13 @@ def _evaluate(a):
     if a.finetune:
         from stackwise.eval.finetune import finetune_table
         kw = {k: v for k, v in dict(max_len=a.max_len, steps=a.steps, lr=a.lr, batch_size=a.batch_size).items() if v is not None}
-        table = finetune_table(a.model, tasks, limit=a.limit, tokenizer=a.tokenizer, root=a.data, results=a.results, device=a.device, **kw)
+        table = finetune_table(a.model, tasks, limit=a.limit, tokenizer=a.tokenizer, root=a.data, results=a.results, device=a.device,
+                               trust_remote_code=a.trust_remote_code, revision=a.revision, **kw)
     else:
         from stackwise.eval.harness import evaluate
         kw = {k: v for k, v in dict(max_len=a.max_len, stride=a.stride, masked_scoring=a.masked_scoring, n_samples=a.samples).items() if v is not None}
-        table = evaluate(a.model, tasks, limit=a.limit, tokenizer=a.tokenizer, root=a.data, results=a.results, device=a.device, **kw)
+        table = evaluate(a.model, tasks, limit=a.limit, tokenizer=a.tokenizer, root=a.data, results=a.results, device=a.device,
+                         trust_remote_code=a.trust_remote_code, revision=a.revision, **kw)
     print(table.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
     if a.out: table.to_csv(a.out, index=False); print(f'table: {a.out}')
     return 1 if (table.metric == 'error').all() else 0
@@ -319,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('evaluate', help='scores of a model on evaluation tasks (zero-shot, or --finetune), one run folder per task')
     s.add_argument('--model', required=True, help='hf:NAME, a saved Rack / checkpoint / run folder, or a preset (random weights)')
     s.add_argument('--tasks', required=True, help='comma-separated: wikitext2, wikitext103, tinyshakespeare, lambada, piqa, hellaswag, sst2, mnli, stsb')
-    s.add_argument('--limit', type=COUNT, help='score only the first N rows of each task')
+    s.add_argument('--limit', type=COUNT, help='score only the first N rows of each task (a one-document corpus such as tinyshakespeare: its first N perplexity windows)')
+    s.add_argument('--trust-remote-code', action='store_true', help="hf:NAME only: run the model's own Python code (needs --revision)")
+    s.add_argument('--revision', help='hf:NAME only: the hub commit to load (40 hex digits with --trust-remote-code)')
     s.add_argument('--tokenizer', help='bytes, a family or a hub name (default: the model\'s)')
     s.add_argument('--data', help='local copies folder (default: $STACKWISE_DATA)')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
