@@ -57,7 +57,11 @@ def _experiment(a):
 def _runs(a):
     from stackwise import runs
     import pandas as pd
-    df = runs.load_runs(a.experiment, a.results, status=None if a.all else 'complete')
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        df = runs.load_runs(a.experiment, a.results, status=None if a.all else 'complete')
+    for w in caught: print(f'stackwise: warning: {w.message}', file=sys.stderr)  # one line each, not Python's two
     if df.empty: print(f'no {"" if a.all else "complete "}runs in {runs.results_root(a.results)}'); return
     cols = [c for c in ('experiment', 'run_id', 'status', 'env.device.name') if c in df]
     with pd.option_context('display.width', 200, 'display.max_colwidth', 60):
