@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_hardware.ipynb #09fde2e3
 from __future__ import annotations
-import ctypes, datetime, math, os, platform, re, resource, time
+import ctypes, datetime, math, os, platform, re, resource, sys, time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,9 +13,10 @@ import torch
 from .core import StackwiseError, read_json, write_json
 
 # %% auto #0
-__all__ = ['TORCH_DTYPES', 'DATASHEET_TFLOPS', 'DATASHEET_MEMORY', 'dtype_key', 'gpu_model', 'datasheet_tflops', 'resolve_device',
-           'device_info', 'has_fp8', 'measure_matmul_tflops', 'measure_copy_gbps', 'rss_mb', 'memory_mb',
-           'peak_memory_mb', 'release_host_memory', 'peak_tflops', 'mfu', 'plot_matmul_sweep']
+__all__ = ['TORCH_DTYPES', 'DATASHEET_TFLOPS', 'DATASHEET_MEMORY', 'PROBE_SECONDS', 'dtype_key', 'gpu_model', 'datasheet_tflops',
+           'resolve_device', 'device_info', 'has_fp8', 'measure_matmul_tflops', 'measure_copy_gbps', 'rss_mb',
+           'memory_mb', 'peak_memory_mb', 'release_host_memory', 'peak_tflops', 'mfu_peak_tflops', 'mfu',
+           'plot_matmul_sweep']
 
 # %% ../nbs/02_hardware.ipynb #0be4261f
 _DTYPE_ALIASES = {'fp32': 'fp32', 'float32': 'fp32', 'float': 'fp32', 'tf32': 'tf32',
@@ -179,6 +180,8 @@ def release_host_memory():
     except (OSError, AttributeError): pass  # not glibc: nothing to do
 
 # %% ../nbs/02_hardware.ipynb #ffa2319f
+PROBE_SECONDS = 5.0  # what measuring one peak may take, at most about
+
 def _cache_file() -> Path:
     return Path(os.environ.get('STACKWISE_CACHE') or Path.home()/'.cache'/'stackwise')/'peak_tflops.json'
 
@@ -186,12 +189,23 @@ def _machine_key(dev:torch.device, key:str) -> str:
     info = device_info(dev)
     return '|'.join([info['type'], info['name'], f"threads={info.get('threads', '-')}", f'torch={torch.__version__}', key])
 
+def _probe(key:str, dev:torch.device, n_max:int, budget:float) -> tuple[float, int]:
+    "Best TFLOP/s of square matmuls, the side doubling from `n_max // 8` to `n_max`, stopping before a size that would overrun `budget` seconds."
+    t0, best, n = time.perf_counter(), 0.0, max(1, n_max // 8)
+    while True:
+        tflops = measure_matmul_tflops(key, n, dev, min_time=budget / 8)
+        best = max(best, tflops)
+        next_s = 4 * 2 * (2 * n)**3 / (tflops * 1e12) + budget / 8  # the next size's warm-up and timed matmuls at this size's rate
+        if 2 * n > n_max or time.perf_counter() - t0 + next_s > budget: return best, n
+        n *= 2
+
 def peak_tflops(dtype:str|torch.dtype='bf16', # the matmul dtype
                 device:str|torch.device|None=None, # 'auto' by default
                 source:str='auto', # 'datasheet', 'measured' or 'auto' (datasheet when listed)
                 refresh:bool=False, # re-measure even when cached
+                budget:float=PROBE_SECONDS, # seconds the probe may take
                ) -> float:
-    "Peak dense TFLOP/s of `device` in `dtype`: the denominator of every MFU in stackwise."
+    "Peak dense TFLOP/s of `device` in `dtype`, as listed or measured (MFU divides by `mfu_peak_tflops`)."
     key, dev = dtype_key(dtype), resolve_device(device)
     if source not in ('auto', 'datasheet', 'measured'): raise StackwiseError(f"source must be 'auto', 'datasheet' or 'measured', got {source!r}")
     if source != 'measured' and dev.type == 'cuda':
@@ -203,16 +217,24 @@ def peak_tflops(dtype:str|torch.dtype='bf16', # the matmul dtype
     try: cache = read_json(f) if f.exists() else {}
     except ValueError: cache = {}  # a corrupt cache is re-measured, not trusted
     if refresh or mk not in cache:
-        n = 8192 if dev.type == 'cuda' else 2048
-        cache[mk] = dict(tflops=measure_matmul_tflops(key, n, dev, min_time=1.0), n=n,
-                         measured_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+        what = {'cpu': 'CPU', 'cuda': 'GPU'}.get(dev.type, dev.type)
+        print(f"stackwise: measuring this {what}'s {key} matmul peak once (about {budget:g} s at most), cached in {f}", file=sys.stderr, flush=True)
+        tflops, n = _probe(key, dev, 8192 if dev.type == 'cuda' else 2048, budget)
+        cache[mk] = dict(tflops=tflops, n=n, measured_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
         write_json(f, cache)
     return cache[mk]['tflops']
 
+def mfu_peak_tflops(dtype:str|torch.dtype='bf16', # the dtype the matmuls run in
+                    device:str|torch.device|None=None) -> float:
+    "The denominator of every MFU: the peak of `dtype`, never below the fp32 peak (a dtype that measures slower is emulated)."
+    key, dev = dtype_key(dtype), resolve_device(device)
+    peak = peak_tflops(key, dev)
+    return peak if key == 'fp32' else max(peak, peak_tflops('fp32', dev))
+
 def mfu(flops_per_second:float, # model FLOPs per second achieved
         dtype:str|torch.dtype='bf16', device:str|torch.device|None=None) -> float:
-    "Model FLOPs utilisation: achieved over peak."
-    return flops_per_second / (peak_tflops(dtype, device) * 1e12)
+    "Model FLOPs utilisation: achieved over `mfu_peak_tflops`."
+    return flops_per_second / (mfu_peak_tflops(dtype, device) * 1e12)
 
 # %% ../nbs/02_hardware.ipynb #5bed1ece
 def plot_matmul_sweep(steps, # rows with `dtype`, `n`, `tflops` (and optionally `datasheet_tflops`)

@@ -35,14 +35,26 @@ def test_papermill_cli_with_the_venv_kernel(tmp_path):
     assert kernel_argv[0].startswith(sys.prefix), kernel_argv
 
 
-def test_papermill_run_that_raises_leaves_no_metrics(tmp_path):
+def test_papermill_run_that_raises_is_recorded_as_failed(tmp_path):
+    "papermill run directly (not through `stackwise experiment`): a failing cell still leaves error.txt, so the run is failed, not incomplete."
     r = run_cmd([exe('papermill'), 'nbs/experiments/hardware.ipynb', str(tmp_path/'out.ipynb'), '-p', 'dtypes', 'int4'],
                 env=dict(STACKWISE_RESULTS=str(tmp_path/'results')))
     assert r.returncode != 0
-    assert 'unknown dtype' in r.stderr
+    assert 'unknown dtype' in r.stderr  # the traceback is still shown and the cell still fails
     (path,) = runs.list_runs('hardware', tmp_path/'results')
     assert not (path/'metrics.json').exists()
-    assert runs.run_status(path) == 'incomplete'
+    assert runs.run_status(path) == 'failed'
+    err = (path/'error.txt').read_text()
+    assert err.startswith('StackwiseError: unknown dtype') and 'Traceback' in err
+
+
+def test_papermill_refuses_an_unknown_parameter(tmp_path):
+    "papermill alone only warns about `-p sizee 512` and runs the defaults; the notebook's setup refuses it before any run folder exists."
+    r = run_cmd([exe('papermill'), 'nbs/experiments/hardware.ipynb', str(tmp_path/'out.ipynb'), '-p', 'sizee', '512'],
+                env=dict(STACKWISE_RESULTS=str(tmp_path/'results')))
+    assert r.returncode != 0
+    assert "experiment 'hardware' has no parameter 'sizee'" in r.stderr and 'size=1024' in r.stderr and 'min_time=0.25' in r.stderr
+    assert not (tmp_path/'results').exists()
 
 
 def test_stackwise_experiment_that_raises(tmp_path):

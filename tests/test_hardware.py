@@ -39,3 +39,36 @@ def test_peak_is_cached_per_machine():
 def test_flops_per_token_matches_palm_formula():
     # GPT-2 small as nanoGPT counts it: 6N + 12 L d T with N = non-position-embedding parameters
     assert train_flops_per_token(124_439_808 - 1024 * 768, 12, 768, 1024) == 6 * 123_653_376 + 12 * 12 * 768 * 1024
+
+
+def _cached_peaks(tmp_path, monkeypatch, peaks):
+    "A cache holding these measured CPU peaks (TFLOP/s by dtype), as if probed."
+    monkeypatch.setenv('STACKWISE_CACHE', str(tmp_path))
+    cpu = torch.device('cpu')
+    hardware.write_json(hardware._cache_file(), {hardware._machine_key(cpu, k): dict(tflops=v) for k, v in peaks.items()})
+    return cpu
+
+
+def test_mfu_of_an_emulated_dtype_is_against_the_fp32_peak(tmp_path, monkeypatch):
+    "fp16 on a CPU without fp16 units measures far below fp32: the work is bounded by fp32, so MFU never exceeds 1 through it."
+    cpu = _cached_peaks(tmp_path, monkeypatch, dict(fp32=0.1, bf16=0.3, fp16=0.002))
+    assert hardware.mfu_peak_tflops('fp16', cpu) == 0.1
+    assert hardware.mfu(0.05e12, torch.float16, cpu) == pytest.approx(0.5)  # against the fp16 probe it read 25
+    assert hardware.mfu_peak_tflops('bf16', cpu) == 0.3  # bf16 in hardware (AVX512-BF16, AMX) keeps its own, higher peak
+    assert hardware.mfu_peak_tflops('fp32', cpu) == 0.1
+
+
+def test_probe_announces_itself_and_keeps_slow_dtypes_small(tmp_path, monkeypatch, capsys):
+    "The probe says on stderr what it measures and where it is cached; an emulated dtype is not timed at the full size."
+    monkeypatch.setenv('STACKWISE_CACHE', str(tmp_path))
+    sizes = {}
+    rates = dict(fp32=0.1, fp16=0.002)  # TFLOP/s: one 2048^3 fp16 matmul would take about 9 s
+    monkeypatch.setattr(hardware, 'measure_matmul_tflops', lambda key, n, dev, min_time: sizes.setdefault(key, []).append(n) or rates[key])
+    assert hardware.peak_tflops('fp16', 'cpu') == 0.002
+    err = capsys.readouterr().err
+    assert "stackwise: measuring this CPU's fp16 matmul peak once" in err and str(tmp_path/'peak_tflops.json') in err
+    assert max(sizes['fp16']) < 2048
+    hardware.peak_tflops('fp32', 'cpu')
+    assert max(sizes['fp32']) == 2048
+    hardware.peak_tflops('fp16', 'cpu')
+    assert capsys.readouterr().err.count('measuring') == 1  # fp32 announced once; the cached fp16 silent

@@ -123,11 +123,10 @@ def _trainer(spec:CellSpec, data:BenchData, model, train, val=None, on_step=None
     "The cell's trainer: its precision, schedule, clipping and accumulation, on its device."
     from accelerate import Accelerator
     policy, dev = dtype_config(spec.dtype_config), resolve_device(spec.device)
-    mfu = spec.mfu and not (dev.type == 'cpu' and policy.compute_dtype == torch.float16)
     cfg = TrainConfig(max_steps=spec.max_steps, grad_accum=spec.grad_accum, lr=spec.peak_lr, warmup_steps=spec.warmup_steps,
                       weight_decay=spec.weight_decay, grad_clip=spec.grad_clip, dtype=policy, objective=spec.task,
                       mask_token_id=data.tokenizer.mask_token_id if spec.task == 'mlm' else None, seed=spec.seed,
-                      eval_batches=spec.eval_batches, progress=progress, tensorboard=False, mfu=mfu)
+                      eval_batches=spec.eval_batches, progress=progress, tensorboard=False, mfu=spec.mfu)
     return Trainer(model, train, cfg, val_data=val, accelerator=Accelerator(mixed_precision='no', cpu=dev.type == 'cpu'),
                    on_step=on_step, flops_per_token=model_flops_per_token(model, spec.T))
 
@@ -329,4 +328,5 @@ def hardware_check(device:str|torch.device='auto') -> dict:
                     note='; '.join(notes) or 'one of the seed\'s GPUs')
     return dict(info, recognised=True, seed_gpu=False, bf16_native=None,
                 note='CPU: every configuration runs (autocast fp16 with a GradScaler, bitsandbytes 8-bit AdamW), but fp16 matmuls '
-                     'have no hardware units on most CPUs and are slow, so fp16 throughput is not comparable and fp16 MFU is not computed')
+                     'have no hardware units on most CPUs and are slow, so fp16 throughput is not comparable; fp16 MFU is against the fp32 peak '
+                     '(an emulated dtype cannot bound the work: hardware.mfu_peak_tflops)')

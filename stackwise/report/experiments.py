@@ -4,7 +4,7 @@
 
 # %% ../../nbs/60_report.experiments.ipynb #c1a6ea70
 from __future__ import annotations
-import ast, os, re, traceback
+import ast, os, traceback
 from pathlib import Path
 
 import nbformat
@@ -15,7 +15,7 @@ from ..runs import Run, check_name, run_status, start_run
 
 # %% auto #0
 __all__ = ['QUIET_KERNEL', 'DEFAULT_EXPERIMENTS', 'list_experiments', 'experiment_notebook', 'experiment_parameters',
-           'parse_params', 'check_params', 'run_experiment']
+           'parse_params', 'check_params', 'run_experiment', 'start_experiment']
 
 # %% ../../nbs/60_report.experiments.ipynb #e86c6e1b
 def _nbs(root:str|Path|None=None) -> Path:
@@ -101,6 +101,41 @@ def run_experiment(name:str, # experiment notebook nbs/experiments/<name>.ipynb
     if run_status(run.path) != 'complete':
         run.fail('the notebook ran to the end without calling run.finish(...)')
         raise StackwiseError(f'experiment {name!r} ran but wrote no metrics.json: its last cell must call run.finish(...)')
+    return run
+
+# %% ../../nbs/60_report.experiments.ipynb #ea7ab4cc
+def _injected(shell) -> dict|None:
+    "The parameters papermill injected into this kernel (its `# Parameters` cell), or `None` when it injected none."
+    cells = [s for s in shell.user_ns.get('In', []) if s.lstrip().startswith('# Parameters\n')]
+    if not cells: return None
+    out = {}
+    for node in ast.parse(cells[-1]).body:
+        for t in (node.targets if isinstance(node, ast.Assign) else []):
+            if isinstance(t, ast.Name):
+                try: out[t.id] = ast.literal_eval(node.value)
+                except ValueError: out[t.id] = ast.unparse(node.value)
+    return out
+
+def _failure_recorder(run:Run):
+    "An IPython exception handler: the traceback into the run's `error.txt`, then shown as usual (the cell still fails)."
+    def handler(shell, etype, value, tb, tb_offset=None):
+        run.fail(f'{etype.__name__}: {value}\n\nin cell {shell.execution_count}:\n{shell.user_ns.get("In", [""])[-1]}\n\n'
+                 + ''.join(traceback.format_exception(etype, value, tb)))
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+    return handler
+
+def start_experiment(name:str, # the experiment: nbs/experiments/<name>.ipynb
+                     config:dict|None=None, # what was asked for, written to config.yaml
+                     run_dir:str='', # the notebook's `run_dir` parameter (set by `run_experiment`; empty: a new run folder)
+                    ) -> Run:
+    "An experiment notebook's run folder, once the injected parameters are checked; a later failing cell writes its `error.txt`."
+    try: from IPython import get_ipython
+    except ImportError: get_ipython = lambda: None
+    shell = get_ipython()
+    injected = _injected(shell) if shell is not None else None
+    if injected: check_params(name, {k: v for k, v in injected.items() if k != 'run_dir'})
+    run = start_run(name, config, path=run_dir or None)
+    if shell is not None: shell.set_custom_exc((Exception,), _failure_recorder(run))
     return run
 
 # %% ../../nbs/60_report.experiments.ipynb #0cf90d69
