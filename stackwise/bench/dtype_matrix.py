@@ -190,7 +190,7 @@ class CellSpec:
     eval_batches: int = 8  # validation micro-batches (the same ones for every configuration)
     device: str = 'auto'
     diverge_factor: float = 2.0  # a training loss above this multiple of the first step's is a divergence
-    mfu: bool = True  # MFU against `stackwise.hardware`'s peak (never for fp16 on a CPU: it has no fp16 units to measure)
+    mfu: bool = True  # MFU against `stackwise.hardware.mfu_peak_tflops` (an emulated dtype, fp16 on most CPUs, against the fp32 peak)
 
     def __post_init__(self):
         scenario_for(self.model_arch, self.task); dtype_config(self.dtype_config)

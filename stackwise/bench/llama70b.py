@@ -61,7 +61,7 @@ def layerwise_run(cfg:ModelConfig, train_data, # a BlockLoader (`token_batches`)
                   val_data=None, # held-out batches: the whole model's loss on them after each layer (None: none)
                   steps_per_layer:int=20, quant:str='nf4', # the frozen layers: nf4 or int8 (bitsandbytes), bf16 or fp32
                   dtype:str='amp_bf16', device='cpu', cache_dtype:str='bf16', lr:float=3e-4, warmup_steps:int=2, seed:int=0,
-                  peak_tflops:float|None=None, # the MFU's denominator (None: `hardware.peak_tflops` of the device in the compute dtype)
+                  peak_tflops:float|None=None, # the MFU's denominator (None: `hardware.mfu_peak_tflops` of the device in the compute dtype)
                   eval_batches:int=2, on_layer=None, # called as on_layer(row) after each layer, with its figures
                   fresh:bool=False): # each layer on batches no earlier layer saw (`DepthConfig.fresh_batches`), not one fixed set
     "Train `cfg` layer by layer, left to right, on cached activations (of one fixed set of batches, or fresh ones per layer), each layer quantized once trained; per-layer figures."
@@ -87,7 +87,7 @@ def layerwise_run(cfg:ModelConfig, train_data, # a BlockLoader (`token_batches`)
         if cuda: torch.cuda.reset_peak_memory_stats(trainer.device)
         if on_layer: on_layer(row)
     trainer = DepthTrainer(lazy_rack(cfg), train_data, depth, tc, val_data, device=device, on_stage=stage_done)
-    peak = peak_tflops or hardware.peak_tflops(trainer.policy.compute_dtype, trainer.device)
+    peak = peak_tflops or hardware.mfu_peak_tflops(trainer.policy.compute_dtype, trainer.device)
     out = trainer.fit()
     hist = pd.DataFrame([r for r in trainer.history if r.get('loss') is not None])
     val0 = next((r['val_loss'] for r in trainer.history if r.get('phase') == 'init'), None)  # before any layer: the embeddings and head alone

@@ -73,9 +73,20 @@ def save_checkpoint(folder:str|Path, # the checkpoints folder of a run
             with open(tmp/f, 'rb') as fh: os.fsync(fh.fileno())
         write_json(tmp/'meta.json', dict(meta, files={f: sha256_file(tmp/f) for f in ('model.safetensors', 'state.pt')}))
         os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e):
+            raise StackwiseError(f'no space left to write checkpoint {final} ({shutil.disk_usage(folder).free / 2**20:,.1f} MiB free once its partial '
+                                 f'files were removed): free space, or move the run folder elsewhere and resume it there; the earlier '
+                                 f'checkpoints are intact') from None
+        raise
     return final
+
+def _disk_full(e:BaseException) -> bool:
+    "Whether a failed write ran out of space (torch.save reports it as a RuntimeError without an errno)."
+    import errno
+    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(e, RuntimeError) and any(s in str(e) for s in ('No space left', 'unexpected pos', 'file write failed')))
 
 def set_pointer(folder:str|Path, pointer:str, name:str):
     "Point `latest`, `best` or `final` at a checkpoint folder, then drop the folders nothing points at."

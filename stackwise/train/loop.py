@@ -55,7 +55,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bar with live loss and tokens/s
     tensorboard: bool = True  # events under <run>/tensorboard (when there is a run folder)
     wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
-    mfu: bool = True  # MFU against `stackwise.hardware.peak_tflops` (measures the CPU peak once)
+    mfu: bool = True  # MFU against `stackwise.hardware.mfu_peak_tflops` (measures the CPU peak once, in seconds)
 
     def __post_init__(self):
         check_fields(self)  # max_steps=5.7, lr='1e-3': refused, not rounded or crashed on

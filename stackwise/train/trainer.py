@@ -192,9 +192,9 @@ def _log(self:Trainer, row:dict, bar):
 @patch
 def _mfu(self:Trainer, tokens_per_s:float, seq_len:int) -> float|None:
     if not self.cfg.mfu: return None
-    from stackwise.hardware import dtype_key, peak_tflops
+    from stackwise.hardware import mfu_peak_tflops
     if self._fpt is None: self._fpt = model_flops_per_token(self.module, seq_len)
-    return tokens_per_s / self.world * self._fpt / (peak_tflops(dtype_key(self.policy.compute_dtype), self.acc.device) * 1e12)
+    return tokens_per_s / self.world * self._fpt / (mfu_peak_tflops(self.policy.compute_dtype, self.acc.device) * 1e12)
 
 # %% ../../nbs/33_train.trainer.ipynb #e1963a7f
 @patch
