@@ -47,3 +47,32 @@ def test_hardware_prints_measured_cpu_peaks():
 def test_runs_lists_a_run(hardware_results):
     r = run_cmd([exe('stackwise'), 'runs', '--results', str(hardware_results)])
     assert r.returncode == 0 and 'hardware' in r.stdout and 'complete' in r.stdout
+
+
+import pytest
+
+
+@pytest.mark.parametrize('args,message', [
+    (['train', '--batch-size', '0'], 'argument --batch-size: 0 is out of range: it must be >= 1'),
+    (['train', '--seq-len', 'abc'], "argument --seq-len: 'abc' is not a whole number: e.g. 16"),
+    (['train', '--val-fraction', '1.5'], 'argument --val-fraction: 1.5 is out of range: it must be >= 0 and <= 0.99'),
+    (['plan', '--config', 'decoder/llama_family/70b', '--mfu', '1.5'], 'argument --mfu: 1.5 is out of range: it must be > 0 and <= 1'),
+    (['plan', '--config', 'decoder/llama_family/70b', '--batch-size', '-2'], 'argument --batch-size: -2 is out of range'),
+    (['bench', '--max-steps', '0'], 'argument --max-steps/--max_steps: 0 is out of range'),
+    (['evaluate', '--model', 'x', '--tasks', 'sst2', '--limit', '0'], 'argument --limit: 0 is out of range'),
+    (['evaluate', '--model', 'x', '--tasks', 'sst2', '--finetune', '--lr', '0'], 'argument --lr: 0 is out of range: it must be > 0'),
+])
+def test_flags_are_typed_and_ranged(capsys, args, message):
+    "A count or a fraction out of range is refused by the parser in one line, before anything runs."
+    from stackwise.cli import main
+    with pytest.raises(SystemExit) as e: main(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_depth_as_time_shows_progress(tmp_path, capsys):
+    "The depth-as-time trainer draws a bar over every stage's steps (progress=True, the default)."
+    from stackwise.cli import main
+    assert main(['train', '--mode', 'layerwise', '--seq-len', '16', '--batch-size', '4', '--results', str(tmp_path), 'max_steps=3', 'mfu=false',
+                 'tensorboard=false', 'model.n_layers=2', 'model.d_model=32', 'model.n_heads=2']) == 0
+    err = capsys.readouterr().err.replace('\r', '\n')
+    assert any('layerwise left2right: 100%' in l and '6/6' in l for l in err.splitlines()), err[-500:]

@@ -38,3 +38,40 @@ def test_bad_experiment_name(tmp_path):
     from stackwise.core import StackwiseError
     with pytest.raises(StackwiseError, match='invalid experiment name'):
         runs.start_run('../../etc', root=tmp_path)
+
+
+def test_unwritable_results_are_one_line(tmp_path, monkeypatch):
+    "A read-only or full results folder (root ignores permissions, so the OS error is simulated): named, with the fix."
+    import errno, pathlib, pytest
+    from stackwise.core import StackwiseError
+    real = pathlib.Path.mkdir
+    def refuse(self, *a, **k):
+        if str(self).startswith(str(tmp_path/'ro')): raise OSError(errno.EROFS, 'Read-only file system', str(self))
+        return real(self, *a, **k)
+    monkeypatch.setattr(pathlib.Path, 'mkdir', refuse)
+    with pytest.raises(StackwiseError, match='cannot write the run folder .*Read-only file system: free space, fix the permissions, or write elsewhere'):
+        runs.start_run('t', {}, root=tmp_path/'ro')
+
+
+def test_full_disk_while_checkpointing_is_one_line(tmp_path, monkeypatch):
+    "torch.save reports a full disk as a RuntimeError; the checkpoint is refused by name, its partial folder removed."
+    import pytest, torch
+    from stackwise.core import StackwiseError
+    from stackwise.train import checkpoint
+    def full(*a, **k): raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 204416 vs 204368')
+    monkeypatch.setattr(checkpoint.torch, 'save', full)
+    with pytest.raises(StackwiseError, match='no space left to write checkpoint .*step-000001.*the earlier checkpoints are intact'):
+        checkpoint.save_checkpoint(tmp_path, 'step-000001', torch.nn.Linear(2, 2), {}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_so(tmp_path):
+    "--resume of a folder with no checkpoint: what happened and what to do, not 'pass a run folder'."
+    import pytest
+    from stackwise.core import StackwiseError
+    from stackwise.train.launch import train_run
+    tiny = ['max_steps=2', 'progress=false', 'mfu=false', 'tensorboard=false', 'model.n_layers=1', 'model.d_model=32', 'model.n_heads=2']
+    run, _ = train_run(results=tmp_path, seq_len=16, batch_size=4, overrides=tiny)
+    import shutil; shutil.rmtree(run.path/'checkpoints')
+    with pytest.raises(StackwiseError, match='has no checkpoint yet .*train it again without resume'):
+        train_run(resume=run.path)
