@@ -181,6 +181,8 @@ def load_model(spec:str, # hf:NAME, a saved Rack / checkpoint / run folder, or a
             raise StackwiseError(f'{p} holds weights without a model config (a checkpoint of an HF model or of part of a Rack): '
                                  f'load the model yourself and call evaluate_task')
         model = load_rack(p, device)
+        saved = [d/'tokenizer.json' for d in (Path(spec), *Path(spec).parents[:2]) if (d/'tokenizer.json').exists()]
+        if tokenizer is None and saved: tokenizer = str(saved[0])  # the vocabulary a run built from its corpus (stackwise train --tokenizer chars)
     elif spec in list_presets(): torch.manual_seed(0); model = Rack(load_config(spec)).to(device)
     else: raise StackwiseError(f'--model {spec!r} is not hf:NAME, an existing folder, or a preset (stackwise model --list)')
     return model, tokenizer_for(model, tokenizer)
