@@ -13,8 +13,8 @@ from conftest import ROOT
 ENV = {**os.environ, 'PYTHONHASHSEED': '0', 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
 FLAGS = ['--seq-len', '16', '--batch-size', '4']  # flags before the KEY=VALUE words
 TINY = ['warmup_steps=2', 'progress=false', 'mfu=false', 'tensorboard=false', 'model.n_layers=2', 'model.d_model=32', 'model.n_heads=2']
-E2E = [*FLAGS, 'max_steps=1500', *TINY]
-DEPTH = ['--mode', 'layerwise', *FLAGS, 'max_steps=500', *TINY]  # two stages of 500 steps
+E2E = [*FLAGS, 'max_steps=3000', *TINY]
+DEPTH = ['--mode', 'layerwise', *FLAGS, 'max_steps=2500', *TINY]  # two stages of 2500 steps
 
 
 def cli(*args) -> list[str]:
@@ -73,6 +73,7 @@ def test_signal_saves_and_resume_is_identical(reference, tmp_path, trainer, sig)
     second = run('--resume', folder)
     assert second.returncode == 1 and 'is in use (pid' in second.stderr, second.stderr[-1000:]
     time.sleep(random.uniform(0.2, 1.5))
+    assert proc.poll() is None and not (folder/'metrics.json').exists(), 'the run ended before the signal: lengthen it'
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == (130 if sig == signal.SIGINT else 143), err[-2000:]

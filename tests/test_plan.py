@@ -106,12 +106,17 @@ def test_cli_prints_both_tables(capsys):
 
 
 @pytest.mark.parametrize('args, fix', [(['--gpu', 'h300'], 'h100, h200'), (['--mode', 'stagewise'], 'e2e, layerwise'),
-                                       (['--host-ram', '128Q'], '128G'), (['--disk', 'lots'], '64GB'), (['--mfu', '1.5'], '(0, 1]'),
+                                       (['--host-ram', '128Q'], '128G'), (['--disk', 'lots'], '64GB'),
                                        (['--frozen-dtype', 'int4'], 'nf4'), (['--tokens', '-5'], 'write a number')])
 def test_cli_bad_input(args, fix, capsys):
     assert main(['plan', '--config', 'decoder/llama_family/70b', *args]) == 1
     err = capsys.readouterr().err
     assert 'stackwise: error:' in err and fix in err
+
+
+def test_cli_mfu_out_of_range_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as e: main(['plan', '--config', 'decoder/llama_family/70b', '--mfu', '1.5'])
+    assert e.value.code == 2 and 'it must be > 0 and <= 1' in capsys.readouterr().err
 
 
 def test_bad_input_raises():
