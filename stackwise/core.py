@@ -29,7 +29,7 @@ def typed_value(name:str, text:str, annotation) -> object:
     if base == 'str': return text
     if base in ('int', 'float'):
         try: v = float(text)
-        except ValueError: raise StackwiseError(f'{name}={text!r} is not a number: give {name} a {base}, e.g. {name}={"10" if base == "int" else "1e-3"}') from None
+        except ValueError: raise StackwiseError(f'{name}={text!r} is not a number: give {name} {"an" if base == "int" else "a"} {base}, e.g. {name}={"10" if base == "int" else "1e-3"}') from None
         if base == 'float': return v
         if not v.is_integer(): raise StackwiseError(f'{name}={text!r} is not a whole number: give {name} an int, e.g. {name}={int(v)}')
         return int(v)

@@ -22,7 +22,8 @@ def split_overrides(words:list[str]) -> tuple[dict, list[str], dict]:
     (fields, depth_fields), train, model, depth = ({f.name: f.type for f in dataclasses.fields(c)} for c in (TrainConfig, DepthConfig)), {}, [], {}
     for k, v in kv_pairs(words, 'lr=1e-3 or model.dropout=0.1'):
         if k in ('dtype', 'objective', 'mask_token_id', 'depth.objective', 'depth.mask_token_id'):  # the flags' (the mask token: the tokenizer's)
-            raise StackwiseError(f'{k} is not an override of stackwise train: use --{k.removeprefix("depth.").replace("_", "-")} (the mask token comes from the tokenizer)')
+            raise StackwiseError(f'{k} is not an override of stackwise train: ' + ('the mask token comes from the tokenizer (--tokenizer)' if k.endswith('mask_token_id')
+                                 else f'use --{k.removeprefix("depth.")}'))
         if k.startswith('model.'): model.append(f'{k[6:]}={v}')
         elif k.startswith('depth.') and k[6:] in depth_fields: depth[k[6:]] = typed_value(k, v, depth_fields[k[6:]])
         elif k in fields: train[k] = typed_value(k, v, fields[k])
