@@ -647,6 +647,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'stackwise.eval.scoring.token_logprobs': ( 'eval.scoring.html#token_logprobs',
                                                                                    'stackwise/eval/scoring.py')},
             'stackwise.eval.stats': { 'stackwise.eval.stats.compare_seeds': ('eval.stats.html#compare_seeds', 'stackwise/eval/stats.py'),
+                                      'stackwise.eval.stats.match_verdict': ('eval.stats.html#match_verdict', 'stackwise/eval/stats.py'),
                                       'stackwise.eval.stats.seed_summary': ('eval.stats.html#seed_summary', 'stackwise/eval/stats.py')},
             'stackwise.hardware': { 'stackwise.hardware._cache_file': ('hardware.html#_cache_file', 'stackwise/hardware.py'),
                                     'stackwise.hardware._cpu_name': ('hardware.html#_cpu_name', 'stackwise/hardware.py'),

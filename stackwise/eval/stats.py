@@ -12,7 +12,7 @@ from scipy import stats as _st
 from ..core import StackwiseError
 
 # %% auto #0
-__all__ = ['seed_summary', 'compare_seeds']
+__all__ = ['MARGINS', 'seed_summary', 'compare_seeds', 'match_verdict']
 
 # %% ../../nbs/45_eval.stats.ipynb #bda0e875
 def seed_summary(values, # one figure per run (seed); None and non-finite values are dropped
@@ -60,3 +60,24 @@ def compare_seeds(a, # one figure per seed of model A, e.g. best validation loss
                       else f"{'a < b' if out['diff'] < 0 else 'a > b'} ({out['test']} p = {out['p']:.3g}, permutation p = {out['perm_p']:.3g})"
                       if out['significant'] else f"no difference shown at {alpha:g} ({out['test']} p = {out['p']:.3g}, permutation p = {out['perm_p']:.3g})")
     return out
+
+# %% ../../nbs/45_eval.stats.ipynb #4eab7e73
+MARGINS = (0.01, 0.02)  # the relative margins a plan's loss is judged against: within 1%, within 2%
+
+def match_verdict(a, # one figure per seed of the plan (lower is better, e.g. a validation loss)
+                  b, # the baseline's figure at the same seeds, in the same order
+                  margins=MARGINS) -> dict:
+    "The paired relative excess `a/b - 1`: its n, mean, 95% t interval and a verdict (better / within x% / worse / unresolved)."
+    a, b = (np.asarray(x, dtype=float).ravel() for x in (a, b))
+    if len(a) != len(b) or not len(a):
+        raise StackwiseError(f'match_verdict pairs run i of each arm: got {len(a)} and {len(b)} runs; give both arms the same seeds')
+    if not (np.isfinite(a).all() and np.isfinite(b).all() and (b > 0).all()):
+        raise StackwiseError('match_verdict needs finite figures and a positive baseline: a run diverged or is missing; rerun it')
+    s = seed_summary(a / b - 1)
+    lo, hi, m = s['ci95_lo'], s['ci95_hi'], sorted(margins)
+    if s['n'] < 2: verdict = 'one seed: no interval'
+    elif hi < 0: verdict = 'better'
+    elif hi <= m[-1]: verdict = f'within {next(x for x in m if hi <= x):.0%}'
+    elif lo > m[-1]: verdict = 'worse'
+    else: verdict = f'unresolved (interval crosses {m[-1]:.0%})'
+    return dict(n=s['n'], excess=s['mean'], excess_lo=lo, excess_hi=hi, verdict=verdict)
