@@ -22,7 +22,7 @@ from ..models.rack import lazy_rack
 from ..train.loop import TrainConfig
 
 # %% auto #0
-__all__ = ['llama_config', 'planned_seconds', 'token_batches', 'layerwise_run', 'plot_layers']
+__all__ = ['llama_config', 'planned_seconds', 'token_batches', 'layerwise_run', 'e2e_run', 'plot_layers']
 
 # %% ../../nbs/57_bench.llama70b.ipynb #a034569f
 def llama_config(shape:str, # overrides of the Llama-2-70B preset as `field:value,...` (papermill-friendly), '' for the full shape
@@ -63,13 +63,15 @@ def layerwise_run(cfg:ModelConfig, train_data, # a BlockLoader (`token_batches`)
                   dtype:str='amp_bf16', device='cpu', cache_dtype:str='bf16', lr:float=3e-4, warmup_steps:int=2, seed:int=0,
                   peak_tflops:float|None=None, # the MFU's denominator (None: `hardware.mfu_peak_tflops` of the device in the compute dtype)
                   eval_batches:int=2, on_layer=None, # called as on_layer(row) after each layer, with its figures
-                  fresh:bool=False): # each layer on batches no earlier layer saw (`DepthConfig.fresh_batches`), not one fixed set
-    "Train `cfg` layer by layer, left to right, on cached activations (of one fixed set of batches, or fresh ones per layer), each layer quantized once trained; per-layer figures."
+                  fresh:bool|None=None, # each layer on batches no earlier layer saw (`DepthConfig.fresh_batches`; None: whenever the data hold them)
+                  carry_optimizer:bool=True): # the head's AdamW state carries from layer to layer (`DepthConfig.carry_optimizer`)
+    "Train `cfg` layer by layer, left to right, on cached activations (of fresh batches per layer when the data hold them), each layer quantized once trained; per-layer figures."
     if steps_per_layer < 1: raise StackwiseError(f'steps_per_layer must be >= 1, got {steps_per_layer}')
     top = int(np.max(train_data.blocks.tokens))
     if top >= cfg.vocab_size: raise StackwiseError(f'the batches hold token {top}, past vocab_size={cfg.vocab_size}: raise vocab_size (bytes need 260)')
     depth = DepthConfig(mode='layerwise', curriculum='left2right', objective='clm', steps_per_stage=steps_per_layer, cache='device',
-                        cache_dtype=cache_dtype, frozen_dtype=quant, masters=False, fresh_batches=fresh)
+                        cache_dtype=cache_dtype, frozen_dtype=quant, masters=False, fresh_batches=fresh,
+                        carry_optimizer=carry_optimizer)
     tc = TrainConfig(max_steps=steps_per_layer, lr=lr, warmup_steps=min(warmup_steps, steps_per_layer), dtype=dtype, seed=seed,
                      eval_batches=eval_batches, progress=False, mfu=False, tensorboard=False)
     rows, t_last = [], [time.perf_counter()]
@@ -92,6 +94,24 @@ def layerwise_run(cfg:ModelConfig, train_data, # a BlockLoader (`token_batches`)
     hist = pd.DataFrame([r for r in trainer.history if r.get('loss') is not None])
     val0 = next((r['val_loss'] for r in trainer.history if r.get('phase') == 'init'), None)  # before any layer: the embeddings and head alone
     return dict(trainer=trainer, rack=trainer.rack, history=hist, layers=pd.DataFrame(rows), summary=out, peak_tflops=peak, val_loss_init=val0)
+
+# %% ../../nbs/57_bench.llama70b.ipynb #6de95f05
+def e2e_run(cfg:ModelConfig, train_data, val_data, flops:float, # the budget: e.g. a layer-wise run's `summary['flops']`
+            lr:float=3e-4, warmup_steps:int=2, seed:int=0, device='cpu', dtype:str='fp32', eval_batches:int=2, n_evals:int=20) -> dict:
+    "The same model trained end to end for `flops` training FLOPs: its held-out loss against FLOPs (`n_evals` points), on `val_data`'s first batches."
+    from stackwise.models.rack import Rack
+    torch.manual_seed(seed)
+    depth = DepthConfig(mode='e2e', objective='clm', flops_budget=flops)
+    probe = DepthTrainer(lazy_rack(cfg), train_data, depth, TrainConfig(progress=False, mfu=False, tensorboard=False), device='cpu')
+    steps = probe.steps[0]; del probe
+    tc = TrainConfig(max_steps=steps, lr=lr, warmup_steps=min(warmup_steps, steps), dtype=dtype, seed=seed, eval_batches=eval_batches,
+                     eval_every=max(1, steps // n_evals), progress=False, mfu=False, tensorboard=False)
+    torch.manual_seed(seed)
+    trainer = DepthTrainer(Rack(cfg), train_data, depth, tc, val_data, device=device)
+    out = trainer.fit()
+    curve = pd.DataFrame([dict(step=r['step'], val_loss=r['val_loss']) for r in trainer.history if r.get('val_loss') is not None])
+    curve['flops'] = curve.step * out['flops'] / max(out['steps'], 1)  # every e2e step costs the same
+    return dict(summary=out, steps=steps, curve=curve, val_loss=out['val_loss'])
 
 # %% ../../nbs/57_bench.llama70b.ipynb #32a1cf10
 def plot_layers(layers:pd.DataFrame, # one row per layer (the llama70b part's metrics.csv)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/36_train.curricula.ipynb #58a798a5
 from __future__ import annotations
-import math
+import dataclasses, math
 from dataclasses import dataclass
 
 from ..config import ModelConfig
@@ -16,7 +16,7 @@ from .depth_time import DEPTH_OBJECTIVES, MASK_RANGE, check_band, check_mask_ran
 
 # %% auto #0
 __all__ = ['MODES', 'CURRICULA', 'ROUTES', 'FULL', 'GROW_INITS', 'check_plan', 'unit_blocks', 'Stage', 'plan_stages',
-           'stage_flops', 'DepthConfig', 'check_depth', 'slots_per_stage', 'stage_steps']
+           'stage_flops', 'DepthConfig', 'check_depth', 'slots_per_stage', 'resolve_fresh', 'stage_steps']
 
 # %% ../../nbs/36_train.curricula.ipynb #8f447448
 MODES = ('e2e', 'layerwise', 'blockwise', 'stackwise', 'progressive', 'fusion')
@@ -130,7 +130,8 @@ class DepthConfig:
     checkpoint_frozen: bool = False  # recompute the frozen right side's activations in the backward pass instead of keeping them
     grow_init: str = 'zero'  # a unit joining a trained model starts with its residual outputs at zero (the model unchanged) or 'random' (as Rack inits it)
     masters: bool = True  # keep each frozen unit's fp32 weights on disk (resume, thaw, fusion); False: a quantized trunk only, for a model larger than the disk
-    fresh_batches: bool = False  # each stage trains on batches no earlier stage has seen (its cache filled afresh through the frozen units); False: every stage reuses the first batches
+    fresh_batches: bool|None = None  # True: each stage trains on batches no earlier stage has seen (its cache filled afresh through the frozen units); False: every stage reuses the first batches; None: fresh whenever the data hold a set for every stage (`resolve_fresh`)
+    carry_optimizer: bool = False  # the AdamW moments of what keeps learning from stage to stage (the head, embeddings, progressive's units) carry over instead of starting afresh
 
     def __post_init__(self):
         check_plan(self.mode, self.curriculum, self.objective)
@@ -171,6 +172,15 @@ def slots_per_stage(depth:DepthConfig, steps:list[int], # steps per stage
                     n_stages:int) -> int:
     "Distinct batches a stage trains on (and caches): one per micro-batch of its longest stage, as many as the data hold (with `fresh_batches`, its share of them)."
     return min(max(steps) * grad_accum, n_batches // (n_stages if depth.fresh_batches else 1))
+
+def resolve_fresh(depth:DepthConfig, stages:list[Stage], units:list[list[int]], fwd:dict, batch_shape:tuple, grad_accum:int, n_batches:int,
+                  max_steps:int) -> bool:
+    "`fresh_batches` as given, or (None) whether every stage can have batches of its own, as many as its longest stage trains on."
+    if depth.fresh_batches is not None: return depth.fresh_batches
+    if len(stages) < 2: return False
+    fresh = dataclasses.replace(depth, fresh_batches=True)
+    steps = stage_steps(fresh, stages, units, fwd, batch_shape, grad_accum, n_batches, max_steps)
+    return max(steps) * grad_accum * len(stages) <= n_batches
 
 def stage_steps(depth:DepthConfig, stages:list[Stage], units:list[list[int]], fwd:dict, # `forward_flops` at the block size
                 batch_shape:tuple, # (B, T, d_model) of one micro-batch

@@ -21,8 +21,8 @@ from ..runs import Run
 from .cache import ActivationCache, FrozenUnits
 from ..models.quant import check_quantizable
 from .checkpoint import set_rng_state
-from .depth_resume import load_depth_state, restore_live_units, save_depth_state
-from .curricula import FULL, DepthConfig, Stage, check_depth, slots_per_stage, stage_flops, stage_steps, unit_blocks
+from .depth_resume import carry_in, carry_out, load_depth_state, restore_live_units, save_depth_state
+from .curricula import FULL, DepthConfig, Stage, check_depth, resolve_fresh, slots_per_stage, stage_flops, stage_steps, unit_blocks
 from .depth_time import noise_bands, noise_seed, noisy_batch
 from .losses import objective_loss
 from .dtypes import autocast_ctx, cast_model, dtype_policy, grad_scaler, make_optimizer, tf32_mode
@@ -63,6 +63,8 @@ class DepthTrainer:
         self.bands = noise_bands(len(self.units), d.bands)
         with torch.device('meta'): check_quantizable(Block(rack.cfg, 0), d.frozen_dtype, self.device)
         self.fwd = forward_flops(rack.cfg, self.T)
+        fresh = resolve_fresh(d, self.stages, self.units, self.fwd, self.shape, c.grad_accum, len(train_data), c.max_steps)
+        self.depth = d = dataclasses.replace(d, fresh_batches=fresh)  # resolved: what ran is what the run folder and its checkpoints say
         if d.fresh_batches and len(train_data) < len(self.stages):
             raise StackwiseError(f'fresh_batches needs a batch of its own for each of the {len(self.stages)} stages, the data hold {len(train_data)}: '
                                  f'add text, lower batch_size or seq_len, or set fresh_batches=False')
@@ -85,6 +87,7 @@ class DepthTrainer:
         self.step, self.tokens, self.done = 0, 0, 0
         self.flops = dict(train=0, recompute=0, cache_fill=0)
         self.history, self.summaries, self.checkpoint_s = [], [], 0.0
+        self.carried = {}  # carry_optimizer: the AdamW state of each parameter that learns on into the next stage, by name
         self._stop, self._clock, self._bar = StopSignals(), CheckpointClock(0), None  # fit sets them: signals, timer, progress bar
 
     @property
@@ -225,6 +228,7 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int, mid:dict|None=None, # res
     for m in head: m.requires_grad_(st.head)
     params = list({id(p): p for p in rack.parameters() if p.requires_grad}.values())
     opt = make_optimizer(param_groups(rack, c.weight_decay), self.policy, lr=c.lr, betas=(c.beta1, c.beta2))
+    if d.carry_optimizer: carry_in(self, opt)
     stage_cfg = dataclasses.replace(c, max_steps=steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, stage_cfg))
     scaler = grad_scaler(self.policy, self.device)
@@ -260,6 +264,7 @@ def _run_stage(self:DepthTrainer, st:Stage, steps:int, mid:dict|None=None, # res
                     where = f'checkpoint {ck} saved: resume with fit(resume=True), or stackwise train --resume {self.run.path}' if ck else 'no run folder: nothing saved'
                     raise Interrupted(f'{self._stop.signal} at step {s + 1} of {steps} in stage {st.index}; {where}', self._stop.signal)
         train_s = time.perf_counter() - t0 - setup_s - eval_s  # the steps alone
+    if d.carry_optimizer: carry_out(self, opt, st)
     del opt, sched, right
     release_host_memory()
     ev = self.evaluate(objective)
