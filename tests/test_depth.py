@@ -143,11 +143,13 @@ def test_flops_budget_is_spent(data):
         assert 2e9 - len(t.stages) * slack <= out['flops'] <= 2e9, (mode, cur, out['flops'])
 
 
-def test_resume_after_a_crash_between_stages_is_bit_identical(data, tmp_path):
-    "A crash after stage 1 of 4, then fit(resume=True): the same units, head and curve as a run that never stopped."
+@pytest.mark.parametrize('carry', [False, True])
+def test_resume_after_a_crash_between_stages_is_bit_identical(data, tmp_path, carry):
+    "A crash after stage 1 of 4, then fit(resume=True): the same units, head and curve as a run that never stopped (the carried optimizer state too)."
     def trainer(run, on_stage=None):
         train, val = loaders(data)
-        return DepthTrainer(nano(lazy=True, tie_embeddings='false'), train, DepthConfig(mask_token_id=MASK, steps_per_stage=5, frozen_dtype='bf16'),
+        return DepthTrainer(nano(lazy=True, tie_embeddings='false'), train,
+                            DepthConfig(mask_token_id=MASK, steps_per_stage=5, frozen_dtype='bf16', carry_optimizer=carry),
                             train_cfg(eval_every=3), val, run, on_stage=on_stage)
     a = start_run('a', root=tmp_path)
     trainer(a).fit()
@@ -165,6 +167,20 @@ def test_resume_after_a_crash_between_stages_is_bit_identical(data, tmp_path):
     ka, kb = (p.path/'checkpoints'/'stage-003'/'model.safetensors' for p in (a, b))
     assert ka.read_bytes() == kb.read_bytes()
     with pytest.raises(StackwiseError, match='already has checkpoints'): trainer(start_run('b', path=b.path)).fit()
+
+
+def test_carry_optimizer_moves_the_heads_state(data):
+    "With carry_optimizer the head's AdamW state runs on through the stages; frozen units and the embeddings (stage 0 only) leave theirs behind."
+    train, val = loaders(data)
+    t = DepthTrainer(nano(tie_embeddings='false'), train, DepthConfig(objective='clm', steps_per_stage=3, carry_optimizer=True), train_cfg(), val)
+    t.fit()
+    head = {k: s for k, s in t.carried.items() if k.startswith('lm_head')}
+    assert head and all(int(s['step']) == 4 * 3 for s in head.values())  # 4 stages of 3 steps: one optimizer's count
+    assert not any(k.startswith(('unit.', 'tok_emb')) for k in t.carried), sorted(t.carried)
+    plain = DepthTrainer(nano(tie_embeddings='false'), train, DepthConfig(objective='clm', steps_per_stage=3), train_cfg(), val)
+    plain.fit()
+    assert plain.carried == {}  # the default: every stage's optimizer starts afresh
+    assert plain.depth.fresh_batches is True  # left alone, and the data hold 4 x 3 batches: a set of its own per stage
 
 
 def test_diffusion_sampling_and_causal_fusion_generation(data):
