@@ -20,7 +20,7 @@ from ..models.rack import lazy_rack
 from ..train.loop import TrainConfig
 
 # %% auto #0
-__all__ = ['run_spec', 'run_fresh', 'plot_memory', 'plot_val_vs_flops', 'plot_comparison']
+__all__ = ['run_spec', 'run_fresh', 'plot_memory', 'plot_val_vs_flops', 'plot_comparison', 'verdict_table', 'plot_verdicts']
 
 # %% ../../nbs/56_bench.depth_study.ipynb #ac5fc72d
 def _downstream(model, tok, ev:dict, root=None) -> dict:
@@ -108,4 +108,34 @@ def plot_comparison(table, # rows: plan, val_loss, tokens_per_s, net_mb, train_s
         ax.barh(table.plan, table[c], color=['tab:red' if p.startswith('e2e') else 'tab:blue' for p in table.plan])
         ax.set_xlabel(label); ax.grid(axis='x', alpha=0.3)
     axes[0].invert_yaxis(); fig.suptitle(title); fig.tight_layout()
+    return fig
+
+# %% ../../nbs/56_bench.depth_study.ipynb #df29e38d
+def verdict_table(metrics:list[dict], # metrics.json of depth_time runs with `verdicts` (runs without them are skipped)
+                  reference_steps:int=2000, # the budget called 1x (nanoGPT's 2000 steps)
+                 ) -> 'pd.DataFrame':
+    "One row per plan and budget: seeds, mean val loss, the excess over e2e with its interval, the verdict, time, memory and where the FLOPs went."
+    import pandas as pd
+    rows = []
+    for m in metrics:
+        for plan, v in (m.get('verdicts') or {}).items():
+            rows.append(dict(plan=plan, e2e_steps=m['e2e_steps'], budget_x=m['e2e_steps'] / reference_steps, objective=m.get('objective'),
+                             budget_flops=m.get('budget_flops'), **v))
+    cols = ['plan', 'budget_x', 'e2e_steps', 'seeds', 'val_loss', 'excess', 'excess_lo', 'excess_hi', 'verdict']
+    return pd.DataFrame(rows).sort_values(['budget_x', 'plan'], kind='stable').reset_index(drop=True) if rows else pd.DataFrame(columns=cols)
+
+def plot_verdicts(table, # `verdict_table`
+                  title:str=''):
+    "Each plan's excess loss over e2e (%, with its 95% paired interval) against the budget, with the 1% and 2% margins."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    t = table.dropna(subset=['excess'])
+    budgets = sorted(t.budget_x.unique())
+    for i, (plan, d) in enumerate(t.groupby('plan', sort=False)):
+        x = np.array([budgets.index(b) for b in d.budget_x]) + (i - len(t.plan.unique()) / 2) * 0.05
+        ax.errorbar(x, 100 * d.excess, yerr=[100 * (d.excess - d.excess_lo), 100 * (d.excess_hi - d.excess)], fmt='o-', ms=4, capsize=3, label=plan)
+    for y, ls in ((0, '-'), (1, ':'), (2, '--')): ax.axhline(y, color='k', lw=0.8, ls=ls)
+    ax.set_xticks(range(len(budgets))); ax.set_xticklabels([f'{b:g}x' for b in budgets])
+    ax.set(xlabel='budget (training FLOPs, x the recipe\'s)', ylabel='val loss above e2e (%)', title=title); ax.grid(alpha=0.3); ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig
