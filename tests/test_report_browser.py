@@ -1,10 +1,12 @@
 """The comparative report rendered from the committed run folders (results/) and opened in headless
-Chromium: every report page renders, and every image on it loads (complete, naturalWidth > 0).
+Chromium: every report page renders, every image on it loads (complete, naturalWidth > 0), and no
+page is wider than the window (a wide table scrolls inside its container instead).
 
 One Chromium start for all pages: a harness page frames every report page and, once each frame has
 loaded (images included), writes what it saw into the DOM that `--dump-dom` prints."""
 import html, json, re, shutil, subprocess
 
+import nbformat
 import pytest
 
 from conftest import ROOT
@@ -22,7 +24,9 @@ for (const p of pages) {
     try {
       const d = f.contentDocument, imgs = [...d.images];
       seen[p] = {images: imgs.length, bad: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => (i.getAttribute('src') || '').slice(0, 80)),
-                 h1: d.querySelectorAll('h1').length, text: d.body.innerText.length, errors: d.querySelectorAll('.output_error').length};
+                 h1: d.querySelectorAll('h1').length, text: d.body.innerText.length, errors: d.querySelectorAll('.output_error').length,
+                 overflow: d.documentElement.scrollWidth - d.documentElement.clientWidth,
+                 scrolling: [...d.querySelectorAll('.table-wrap')].filter(w => w.scrollWidth > w.clientWidth).length};
     } catch (e) { seen[p] = {probe_error: String(e)}; }
     if (--left === 0) document.getElementById('stackwise-probe').textContent = JSON.stringify(seen);
   };
@@ -65,9 +69,10 @@ def test_report_pages_render_and_images_load(report_site, tmp_path):
         assert 'probe_error' not in p, f'report/{stem}.html: {p}'
         assert p['bad'] == [], f'report/{stem}.html: images that did not load: {p["bad"]}'
         assert p['h1'] >= 1 and p['text'] > 300 and p['errors'] == 0, f'report/{stem}.html: {p}'
+        assert p['overflow'] <= 0, f'report/{stem}.html is {p["overflow"]} px wider than the window'
     # the studies with committed run folders show their figures
     for stem, exp, column, least in (('scaling', 'scaling', 'run_id', 2), ('depth_study', 'depth_time', 'metrics.headline.plan', 2),
-                                     ('overview', 'scaling', 'run_id', 1)):
+                                     ('overview', 'scaling', 'run_id', 1), ('findings', 'nanogpt_char', 'metrics.val_loss.mean', 1)):
         done = runs.load_runs(exp, ROOT/'results')
         if column in done and done[column].notna().any():
             assert seen[stem]['images'] >= least, f'report/{stem}.html shows {seen[stem]["images"]} images'
@@ -81,3 +86,19 @@ def test_probe_sees_a_broken_image(tmp_path):
     (tmp_path/'site'/'report'/'p.html').write_text(f'<html><body><h1>t</h1><img src="data:image/png;base64,{png}"><img src="missing.png"></body></html>')
     seen = probe_all(tmp_path/'site', tmp_path)
     assert seen['p']['images'] == 2 and seen['p']['bad'] == ['missing.png'], seen
+
+
+def test_wide_table_scrolls_inside_the_page(tmp_path):
+    "A table wider than the window scrolls inside its container and the page stays as wide as the window; the same page without the container runs past it."
+    if not CHROMIUM: pytest.skip('no chromium on PATH (Debian: apt-get install chromium): the browser check cannot run')
+    staged = tmp_path/'proc'
+    (staged/'report').mkdir(parents=True)
+    table = '<table><tr>' + ''.join(f'<td>column_{i}_holds_a_long_unbreakable_value</td>' for i in range(30)) + '</tr></table>'
+    cell = nbformat.v4.new_code_cell('#| echo: false\nwide_table', outputs=[nbformat.v4.new_output('display_data', data={'text/html': table})])
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_raw_cell('---\ntitle: Wide\n---'), cell]), staged/'report'/'wide.ipynb')
+    site.render_fallback(staged, tmp_path/'site', dict(title='t', sections=[('Report', ['report/wide.ipynb'])], pages=['report/wide.ipynb']), progress=False)
+    page = (tmp_path/'site'/'report'/'wide.html').read_text()
+    (tmp_path/'site'/'report'/'bare.html').write_text(page.replace('<div class="table-wrap">', '<div>'))
+    seen = probe_all(tmp_path/'site', tmp_path)
+    assert seen['wide']['overflow'] <= 0 and seen['wide']['scrolling'] == 1, seen
+    assert seen['bare']['overflow'] > 0, seen

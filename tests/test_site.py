@@ -53,6 +53,30 @@ def test_report_reads_results(rendered, hardware_results):
     assert img.shape[0] > 200 and img.shape[1] > 300
 
 
+def test_findings_lead_the_report(rendered):
+    "The report opens with the findings page; with none of the studies' runs in results/, each question says it is not yet measured, with its command."
+    from stackwise.report.findings import QUESTIONS
+    report = dict(site.site_spec(ROOT)['sections'])['Report']
+    assert report[0] == 'report/00_findings.ipynb', report
+    nav = re.search(r'<h3>Report</h3><ul><li[^>]*><a href="([^"]+)">([^<]+)</a>', (rendered/'index.html').read_text())
+    assert nav and nav.groups() == ('report/findings.html', 'Findings'), nav and nav.groups()
+    html = (rendered/'report'/'findings.html').read_text()
+    assert '<h1 class="title">Findings</h1>' in html
+    assert html.count('Not yet measured: <code>stackwise experiment ') == len(QUESTIONS), html[-3000:]
+
+
+def test_tables_sit_in_scrolling_containers(rendered):
+    "Every table of every page is wrapped in a container that scrolls sideways (the browser test measures it)."
+    css = (rendered/'site.css').read_text()
+    assert '.table-wrap{max-width:100%;overflow-x:auto' in css
+    tables = 0
+    for page in rendered.rglob('*.html'):
+        html = page.read_text()
+        assert html.count('<table') == html.count('<div class="table-wrap"><table'), page
+        tables += html.count('<table')
+    assert tables > 0, 'some page has a table (the runs page does)'
+
+
 def test_refuses_to_wipe_a_foreign_folder(tmp_path):
     (tmp_path/'precious.txt').write_text('keep me')
     r = run_cmd([exe('stackwise'), 'docs', '--no-quarto', '--out', str(tmp_path)])

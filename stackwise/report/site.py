@@ -91,6 +91,7 @@ def stage_site(root:str|Path|None=None, # project root
     from fastcore.nbio import dict2nb, write_nb
     from nbdev.processors import FilterDefaults
     root = _root(root); spec = site_spec(root)
+    styles = _stylesheets(root, spec)  # before the minutes of executing pages
     dest = Path(dest or root/'_proc')
     if dest.exists(): shutil.rmtree(dest)
     written = {}
@@ -107,9 +108,18 @@ def stage_site(root:str|Path|None=None, # project root
         written[page] = rel
         (dest/rel).parent.mkdir(parents=True, exist_ok=True)
         write_nb(nb, dest/rel)
+    for css in styles: shutil.copy2(root/'nbs'/css, dest/css)
     cfg = dict(spec['config']); cfg['project'] = {**cfg.get('project', {}), 'output-dir': str(Path(root/out).resolve())}
     atomic_write(dest/'_quarto.yml', yaml.safe_dump(cfg, sort_keys=False))
     return dest
+
+def _stylesheets(root:Path, spec:dict) -> list[str]:
+    "The stylesheets `_quarto.yml` gives Quarto (`format.html.css`, relative to nbs/), each checked to exist: staging copies them."
+    css = (spec['config'].get('format') or {}).get('html', {}).get('css') or []
+    css = [css] if isinstance(css, str) else list(css)
+    missing = [c for c in css if not (root/'nbs'/c).is_file()]
+    if missing: raise StackwiseError(f"_quarto.yml's format.html.css names {', '.join(missing)}, not in nbs/: restore it from git or fix _quarto.yml")
+    return css
 
 _DEAD_SOURCE = re.compile(r'\[source\]\(/blob/[^)]*\)(\{[^}\n]*\})?')
 
@@ -215,7 +225,7 @@ pre{background:#f6f8fa;padding:.7rem;border-radius:6px;overflow:auto}
 .jp-InputArea-editor,.jp-InputArea .highlight{background:#f6f8fa;border-radius:6px}
 .jp-OutputArea-output pre{background:#fff;border-left:3px solid #d0d7de;border-radius:0}
 .jp-Cell{margin:.6rem 0} .jp-InputPrompt,.jp-OutputPrompt{display:none}
-table{border-collapse:collapse;font-size:.88rem;margin:.5rem 0} th,td{border:1px solid #d0d7de;padding:.25rem .55rem;text-align:right}
+.table-wrap{max-width:100%;overflow-x:auto;margin:.5rem 0} table{border-collapse:collapse;font-size:.88rem} th,td{border:1px solid #d0d7de;padding:.25rem .55rem;text-align:right}
 th{background:#f6f8fa} img{max-width:100%;height:auto}
 footer{border-top:1px solid #d0d7de;padding:.8rem 1.5rem;color:#57606a;font-size:.85rem}
 """
@@ -258,7 +268,7 @@ def render_fallback(staged:str|Path, # a folder made by `stage_site`
         def fix(m):
             target = posixpath.normpath(posixpath.join(posixpath.dirname(rel), m[2]))
             return m[1] + (_rel(outs[target][0], page) if target in outs else m[2]) + (m[3] or '') + m[4]
-        body = _HREF.sub(fix, body)
+        body = _HREF.sub(fix, _wrap_tables(body))
         body = _ABS_HREF.sub(lambda m: m[1] + _rel(m[2], page) + m[3], body)
         descr = f'<p class="description">{_md_inline(desc)}</p>' if desc else ''
         atomic_write(out/page, _PAGE.format(title=html.escape(title), site=html.escape(spec['title']), css=_rel('site.css', page),
@@ -266,6 +276,10 @@ def render_fallback(staged:str|Path, # a folder made by `stage_site`
                      footer=f'Rendered {stamp} by stackwise with nbconvert {nbconvert.__version__}. '
                             'Every figure and number comes from the notebooks and results/.'))
     return out/'index.html'
+
+def _wrap_tables(body:str) -> str:
+    "Every table in a `div.table-wrap`, which scrolls sideways: a wide table never runs past the page."
+    return re.sub(r'</table>', '</table></div>', re.sub(r'<table\b', '<div class="table-wrap"><table', body))
 
 def _md_inline(s:str) -> str:
     "Markdown of a one-line description (code spans, links) as HTML."
