@@ -292,21 +292,33 @@ def _gpu_note(part:str, what:str, root:Path) -> str:
             f' {what} on a GPU: not yet measured: `stackwise gpu --only {part}`.')
 
 @question('llama70b', 'llama70b_layerwise', 'Trained one layer at a time on cached activations, does held-out loss fall with every layer?',
-          'report/90_plan.ipynb', 'stackwise experiment llama70b_layerwise', where=lambda m, c: 'val_loss_final' in m)
+          'report/90_plan.ipynb', 'stackwise experiment llama70b_layerwise', where=lambda m, c: 'val_loss_final' in m,
+          prefer=(lambda m, c: int(m['n_layers']) >= 32 and bool(m.get('e2e')) and int(c.get('steps_per_layer', 0)) >= 8,  # a deep run with its e2e arm
+                  lambda m, c: int(m['n_layers']) >= 32 and bool(m.get('e2e'))))
 def llama70b(q, run, m, c):
     from stackwise.config import load_config
     L = pd.read_csv(run/'layers.csv')
     n, k, full = int(m['n_layers']), int(m['layers_lowering_val']), load_config(c['preset']).n_layers
-    sentence = (f"Held-out loss {m['val_loss_init']:.3f} before any layer, then {', '.join(f'{v:.3f}' for v in L.val_loss)} after each of the "
-                f"{n} layers: {k} of {n} lowered it." + (_gpu_note('llama70b', f"The preset's {full} layers", run.parent.parent) if n < full else ''))
+    best = int(L.val_loss.idxmin())
+    after = (', '.join(f'{v:.3f}' for v in L.val_loss) + f' after each of the {n} layers' if n <= 8 else
+             f"{L.val_loss.iloc[n // 4 - 1]:.3f} after layer {n // 4}, {L.val_loss.iloc[n // 2 - 1]:.3f} after layer {n // 2}, "
+             f"{L.val_loss.iloc[-1]:.3f} after layer {n} (lowest {L.val_loss.min():.3f}, after layer {best + 1})")
+    e = m.get('e2e') or {}
+    vs = (f" The same model trained end to end for the same {m['flops']:.3g} FLOPs ({e['steps']} steps): {e['val_loss']:.3f}." if e else '')
+    sentence = (f"Held-out loss {m['val_loss_init']:.3f} before any layer, then {after}: {k} of {n} layers lowered it.{vs}"
+                + (_gpu_note('llama70b', f"The preset's {full} layers", run.parent.parent) if n < full else ''))
     fig, ax = small_figure()
-    ax.plot(L.layer + 1, L.val_loss, 'o-', ms=4, label='held-out, after the layer')
-    ax.plot(L.layer + 1, L.loss_last, 's--', ms=3, alpha=0.7, label='training, last step')
+    ax.plot(L.layer + 1, L.val_loss, 'o-', ms=4 if n <= 8 else 2, label='held-out, after the layer')
+    if n <= 8: ax.plot(L.layer + 1, L.loss_last, 's--', ms=3, alpha=0.7, label='training, last step')
+    if e: ax.axhline(e['val_loss'], color='k', ls='--', lw=1, label='end to end, equal FLOPs')
     ax.set(xlabel='layers trained', ylabel='loss (nats/byte)', title=f"before any layer: {m['val_loss_init']:.2f}")
-    ax.title.set_fontsize(8); ax.set_xticks(L.layer + 1); ax.legend(fontsize=6)
+    ax.title.set_fontsize(8); ax.legend(fontsize=6)
+    if n <= 8: ax.set_xticks(L.layer + 1)
+    fresh = {True: ', each layer on fresh batches', False: ', every layer on one fixed set of batches'}.get(m.get('fresh_batches'), '')
     scale = (f"{n} layers, d_model {m['d_model']}, {fmt_count(m['params'])} params (the 70B preset narrowed), {c['steps_per_layer']} steps per layer "
-             f"of {c['batch_size']}x{c['seq_len']} bytes, frozen layers {c['quant']}, 1 seed")
-    return q.found(run, 'yes' if k == n else 'no' if k == 0 else f'at {k} of {n} layers', sentence, scale, fig)
+             f"of {c['batch_size']}x{c['seq_len']} bytes{fresh}, frozen layers {c['quant']}, 1 seed")
+    falls = 'yes' if k == n else 'no' if k == 0 else f'mostly: {k} of {n} layers' + (', lowest at the last' if best == n - 1 else f', lowest after layer {best + 1}')
+    return q.found(run, falls + (f"; {'below' if m['val_loss_final'] < e['val_loss'] else 'above'} e2e at equal FLOPs" if e else ''), sentence, scale, fig)
 
 # %% ../../nbs/62_report.findings.ipynb #5f789ec1
 def _loss_word(t:dict) -> str:
