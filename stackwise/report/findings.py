@@ -177,7 +177,7 @@ def _params(model:dict) -> int:
 def _seeds(c:dict) -> int: return len(str(c.get('seeds', '0')).split(','))
 
 @question('nanogpt', 'nanogpt_char', "Does stackwise's end-to-end trainer reproduce nanoGPT's published Shakespeare-char validation loss?",
-          'experiments/nanogpt_char.ipynb', 'stackwise experiment nanogpt_char seeds=0,1,2',
+          'report/15_nanogpt.ipynb', 'stackwise experiment nanogpt_char seeds=0,1,2',
           where=lambda m, c: isinstance(m.get('val_loss'), dict) and m.get('steps', 0) >= 2000)
 def nanogpt(q, run, m, c):
     v, seeds = m['val_loss'], m['seeds']
@@ -192,11 +192,18 @@ def nanogpt(q, run, m, c):
     ax.axhline(c['published'], color='k', ls=':', lw=1, label=f"nanoGPT {c['published']}")
     ax.axhspan(c['published'] - c['tolerance'], c['published'] + c['tolerance'], color='grey', alpha=0.15, label=f"± {c['tolerance']}")
     ax.set(xlabel='step', ylabel='val loss (nats/char)'); ax.legend(fontsize=6)
-    sentence = (f"Validation loss {fmt_interval(v['mean'], v['ci95_lo'], v['ci95_hi'], pct=False)} (mean and 95% t interval over {v['n']} seeds, "
+    head = 'a head of its own' if m.get('tie_embeddings') is False else "nanoGPT's head tied to the embeddings"
+    sentence = (f"With {head}: validation loss {fmt_interval(v['mean'], v['ci95_lo'], v['ci95_hi'], pct=False)} (mean and 95% t interval over {v['n']} seeds, "
                 f"the whole held-out 10%), {m['gap_to_published']:+.3f} from nanoGPT's published {c['published']}: {m['verdict']}.")
+    other = next((x for x in complete_runs(q.study, _both(q.where, lambda m2, c2: (m2.get('tie_embeddings') is False) != (m.get('tie_embeddings') is False)),
+                                           run.parent.parent)), None)
+    if other:
+        o = other[1]['val_loss']
+        sentence += (f" With {'a head of its own' if other[1].get('tie_embeddings') is False else 'the tied head'}: "
+                     f"{fmt_interval(o['mean'], o['ci95_lo'], o['ci95_hi'], pct=False)}, {other[1]['gap_to_published']:+.3f}: {other[1]['verdict']} (run `{other[0].name}`).")
     scale = (f"{sc['model']['n_layers']} layers, d_model {sc['model']['d_model']}, {fmt_count(_params(sc['model']))} params, {m['steps']} steps of "
              f"{sc['batch_size']}x{sc['seq_len']} chars, {v['n']} seeds")
-    return q.found(run, m['verdict'], sentence, scale, fig)
+    return q.found(run, m['verdict'] + (' (head of its own)' if m.get('tie_embeddings') is False else ' (tied head)'), sentence, scale, fig)
 
 # %% ../../nbs/62_report.findings.ipynb #86e198b3
 DEPTH_BUDGETS = (1000, 2000, 8000)  # e2e steps whose FLOPs the curated runs spend: 0.5x, 1x and 4x nanoGPT's 2000
