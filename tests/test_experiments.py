@@ -75,3 +75,26 @@ def test_default_experiments_are_a_registry_of_valid_runs():
     for name, params in DEFAULT_EXPERIMENTS.items():
         assert name in list_experiments(ROOT)
         assert check_params(name, dict(params), ROOT) == params
+
+
+def test_depth_time_every_seed_verdicts_and_reuse(tmp_path):
+    "Every plan at every seed gives each plan a paired verdict against e2e; a second run with reuse= reads the finished runs back instead of training."
+    res = tmp_path/'results'
+    args = [exe('stackwise'), 'experiment', '--results', str(res), 'depth_time', 'plans=e2e:left2right,layerwise:left2right', 'seeds=0,1',
+            'every_seed=true', 'objective=clm', 'data=synthetic', 'e2e_steps=6', 'eval_every=3', 'eval_batches=1', "causal_plan=''", "plan_eval_tasks=''"]
+    r = run_cmd(args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (first,) = runs.list_runs('depth_time', res)
+    m = json.loads((first/'metrics.json').read_text())
+    v = m['verdicts']['layerwise:left2right']
+    assert v['seeds'] == 2 and v['excess_lo'] <= v['excess'] <= v['excess_hi'] and v['verdict']
+    assert {'units_share', 'head_share', 'cache_fill_share'} <= set(v) and m['every_seed'] is True
+    saved = sorted(p.name for p in (first/'runs').glob('*.json'))
+    assert len(saved) == 4
+    r = run_cmd(args + [f'reuse={first}'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    second = [p for p in runs.list_runs('depth_time', res) if p != first][0]
+    m2 = json.loads((second/'metrics.json').read_text())
+    assert m2['verdicts']['layerwise:left2right']['excess'] == v['excess']  # the same runs, read back
+    for name in saved:  # read back, not trained again: the same process time
+        assert json.loads((second/'runs'/name).read_text())['process_s'] == json.loads((first/'runs'/name).read_text())['process_s']
