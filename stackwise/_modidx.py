@@ -15,6 +15,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                         'stackwise/bench/depth_study.py'),
                                              'stackwise.bench.depth_study.run_spec': ( 'bench.depth_study.html#run_spec',
                                                                                        'stackwise/bench/depth_study.py'),
+                                             'stackwise.bench.depth_study.slim_history': ( 'bench.depth_study.html#slim_history',
+                                                                                           'stackwise/bench/depth_study.py'),
                                              'stackwise.bench.depth_study.verdict_table': ( 'bench.depth_study.html#verdict_table',
                                                                                             'stackwise/bench/depth_study.py')},
             'stackwise.bench.dtype_matrix': { 'stackwise.bench.dtype_matrix.BenchData': ( 'bench.dtype_matrix.html#benchdata',

@@ -20,7 +20,8 @@ from ..models.rack import lazy_rack
 from ..train.loop import TrainConfig
 
 # %% auto #0
-__all__ = ['run_spec', 'run_fresh', 'plot_memory', 'plot_val_vs_flops', 'plot_comparison', 'verdict_table', 'plot_verdicts']
+__all__ = ['run_spec', 'run_fresh', 'slim_history', 'plot_memory', 'plot_val_vs_flops', 'plot_comparison', 'verdict_table',
+           'plot_verdicts']
 
 # %% ../../nbs/56_bench.depth_study.ipynb #ac5fc72d
 def _downstream(model, tok, ev:dict, root=None) -> dict:
@@ -69,6 +70,13 @@ def run_fresh(spec:dict, timeout:int|None=None, env:dict|None=None,
     if r.returncode != 0: raise StackwiseError(f'the run failed in its process (exit {r.returncode}):\n{r.stderr[-3000:]}')
     return json.loads(r.stdout.strip().splitlines()[-1])
 
+# %% ../../nbs/56_bench.depth_study.ipynb #9c8fa857
+def slim_history(r:dict, # what `run_spec` returned
+                 every:int=10) -> dict:
+    "`r` with its history cut to every validation row and every `every`-th step: what the study's tables and curves read, a tenth of the size to keep."
+    keep = [h for i, h in enumerate(r.get('history') or []) if h.get('val_loss') is not None or i % every == 0]
+    return {**r, 'history': keep}
+
 # %% ../../nbs/56_bench.depth_study.ipynb #d1a6aec7
 def plot_memory(mem, # rows: layers, mode, peak_rss_mb, net_mb
                 title:str=''):
@@ -93,7 +101,10 @@ def plot_val_vs_flops(curves, # rows: plan, flops, val_loss
     for plan, c in curves.dropna(subset=['val_loss']).groupby('plan', sort=False):
         e2e = plan.startswith('e2e')
         ax.plot(c.flops, c.val_loss, 'o-' if e2e else '.-', ms=3, lw=2.2 if e2e else 1, color='k' if e2e else None, label=plan)
-    ax.set_xlabel('training FLOPs'); ax.set_ylabel('validation loss'); ax.set_title(title); ax.grid(alpha=0.3); ax.legend(fontsize=7, ncol=2)
+    v = curves.val_loss.dropna()
+    clip = v.max() > 1.4 * v.min()  # the first evaluations (an untrained model) would flatten every difference that matters
+    if clip: ax.set_ylim(0.98 * v.min(), 1.3 * v.min())
+    ax.set_xlabel('training FLOPs'); ax.set_ylabel('validation loss' + (' (axis clipped)' if clip else '')); ax.set_title(title); ax.grid(alpha=0.3); ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
