@@ -247,10 +247,11 @@ def depth_time(q, run, m, c):
     sentence = ("Validation loss above e2e's at the same seeds and FLOPs (95% paired interval), per budget of e2e steps: " + '; '.join(parts) + '.' +
                 (f" The {', '.join(map(str, missing))}-step budget{'s' * (len(missing) > 1)}: not yet measured: `{DEPTH_RECIPE} e2e_steps={missing[0]}`." if missing else ''))
     last = rows[rows.budget == rows.budget.iloc[-1]]
-    ok = sum(v == 'better' or v.startswith('within') for v in last.verdict)
+    counts = last.verdict.map(lambda v: v.split(' (')[0]).value_counts()
+    tally = ', '.join(f'{n} {v}' for v, n in counts.items())
     fig, ax = small_figure(); _forest(ax, rows, 'budget')
     top, (_, tm, tc) = max(by), by[max(by)]
-    return q.found(run, f'{ok} of {len(last)} plans within 2% at {top} steps', sentence, _depth_scale(tm, tc, '/'.join(map(str, sorted(by)))), fig)
+    return q.found(run, f'at {top} steps: {tally}', sentence, _depth_scale(tm, tc, '/'.join(map(str, sorted(by)))), fig)
 
 def _depth_headline(q, run, m, c):
     "An older run's headline pair (one plan against e2e at every seed), judged as the curated runs are."
