@@ -133,7 +133,7 @@ def tiny_run():
                                                      'max_seq_len=32'])
     loader, val = lw.token_batches('synthetic', seq_len=32, batch_size=4)
     return lw.layerwise_run(cfg, loader, val, steps_per_layer=20, quant='nf4', dtype='fp32', device='cpu', cache_dtype='fp32', lr=3e-3,
-                            peak_tflops=1.0)
+                            peak_tflops=1.0, fresh=False)  # one fixed set: the cache advances a frozen layer at a time (the handover tested below)
 
 
 def test_layerwise_run_losses_fall(tiny_run):
