@@ -100,10 +100,10 @@ def e2e_run(cfg:ModelConfig, train_data, val_data, flops:float, # the budget: e.
             lr:float=3e-4, warmup_steps:int=2, seed:int=0, device='cpu', dtype:str='fp32', eval_batches:int=2, n_evals:int=20) -> dict:
     "The same model trained end to end for `flops` training FLOPs: its held-out loss against FLOPs (`n_evals` points), on `val_data`'s first batches."
     from stackwise.models.rack import Rack
-    torch.manual_seed(seed)
+    from stackwise.train.curricula import plan_stages, stage_steps
     depth = DepthConfig(mode='e2e', objective='clm', flops_budget=flops)
-    probe = DepthTrainer(lazy_rack(cfg), train_data, depth, TrainConfig(progress=False, mfu=False, tensorboard=False), device='cpu')
-    steps = probe.steps[0]; del probe
+    B, T = train_data.batch_size, train_data.blocks.seq_len  # the steps the budget buys, as the trainer will count them
+    steps = stage_steps(depth, plan_stages(1, 'e2e'), [list(range(cfg.n_layers))], forward_flops(cfg, T), (B, T, cfg.d_model), 1, len(train_data), 1)[0]
     tc = TrainConfig(max_steps=steps, lr=lr, warmup_steps=min(warmup_steps, steps), dtype=dtype, seed=seed, eval_batches=eval_batches,
                      eval_every=max(1, steps // n_evals), progress=False, mfu=False, tensorboard=False)
     torch.manual_seed(seed)
