@@ -98,3 +98,26 @@ def test_depth_time_every_seed_verdicts_and_reuse(tmp_path):
     assert m2['verdicts']['layerwise:left2right']['excess'] == v['excess']  # the same runs, read back
     for name in saved:  # read back, not trained again: the same process time
         assert json.loads((second/'runs'/name).read_text())['process_s'] == json.loads((first/'runs'/name).read_text())['process_s']
+
+
+def test_scaling_explicit_shapes_kaplan_lr_and_the_fit_with_an_irreducible_loss(tmp_path):
+    "Explicit LxD shapes, Kaplan's learning-rate rule (lower for larger N) and the E + a·N^-alpha fit beside Chinchilla's exponent; a bad shape is refused first."
+    res = tmp_path/'results'
+    base = [exe('stackwise'), 'experiment', '--results', str(res), 'scaling', 'objectives=clm', 'plans=e2e', 'seeds=0', 'data=synthetic',
+            'allocation=chinchilla', 'tokens_per_param=1', 'lr_rule=kaplan', 'eval_points=3', 'eval_batches=1', 'n_boot=50', 'workers=1']
+    r = run_cmd(base + ['shapes=1x16,2x24'])
+    assert r.returncode != 0 and "shape '2x24'" in r.stderr and 'head_dim=16' in r.stderr
+    assert not list((res/'scaling').glob('*/metrics.json'))
+    base[3] = str(res := tmp_path/'good')
+    r = run_cmd(base + ['shapes=1x16,1x32,2x32,2x48', 'irreducible=true'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    (path,) = runs.list_runs('scaling', res)
+    m = json.loads((path/'metrics.json').read_text())
+    laws = {e['law']: e for e in m['exponents']}
+    assert {'L(N)', 'L(C)'} <= set(laws) and laws['L(N)']['reference_alpha'] == m['kaplan']['alpha_N']
+    if 'L(N) = E + a N^-alpha' in laws: assert laws['L(N) = E + a N^-alpha']['reference'] == 'Chinchilla'
+    assert m['range_N'] > 10
+    steps = pd.read_csv(path/'metrics.csv').query("kind == 'run'").sort_values('N')
+    assert steps.N.is_monotonic_increasing and len(steps) == 4
+    cfg = (path/'config.yaml').read_text()
+    assert 'lr_rule: kaplan' in cfg and "shapes: 1x16,1x32,2x32,2x48" in cfg
