@@ -156,7 +156,7 @@ def prepare_data(data_source:str='auto', # auto (hub, else local copies, else sy
     if tokenizer not in ('bpe', 'bytes'): raise StackwiseError(f"tokenizer must be 'bpe' or 'bytes', got {tokenizer!r}")
     lm_train, lm_val, lm_what = _lm_texts(data_source, data_dir, lm_docs)
     cls_train, cls_val, cls_what = _cls_rows(data_source, data_dir)
-    tok = train_bpe(lm_train + [r['text'] for r in cls_train], vocab_size) if tokenizer == 'bpe' else ByteTokenizer()
+    tok = train_bpe(list(lm_train) + [r['text'] for r in cls_train], vocab_size) if tokenizer == 'bpe' else ByteTokenizer()
     freq = label_frequencies(r['labels'] for r in cls_train)
     names = sorted(freq, key=lambda l: (-freq[l], str(l)))
     known = set(names)
