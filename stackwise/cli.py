@@ -34,7 +34,20 @@ def _model(a):
     print(f'total parameters: {counting.count_parameters(cfg):,}')
     print(f'training FLOPs per token at T={cfg.max_seq_len}: {counting.flops_per_token(cfg):.4g}')
 
+def _plan_budget(a):
+    "`stackwise plan --days 7`: what the time trains (the planner in reverse)."
+    from stackwise.train import budget
+    seconds = 86400 * (a.days or 0) + 3600 * (a.hours or 0)
+    gpu = 'h200' if a.gpu == 'cpu' else a.gpu
+    if a.gpu == 'cpu': raise StackwiseError('--days / --hours plan for a GPU (h100, h200, a100): a CPU has no datasheet peak')
+    horizons = {f'{a.days:g} days' if a.days and not a.hours else f'{seconds / 3600:g} hours': seconds}
+    if seconds in budget.HORIZONS.values(): horizons = {}  # --days 7 is the week already listed
+    t = budget.horizon_table(gpu, a.mfu, a.gpus, {**budget.HORIZONS, **horizons}, a.config or 'decoder/llama_family/70b', seq_len=a.seq_len, batch_size=a.batch_size)
+    print(budget.format_horizons(t, gpu, a.mfu, a.gpus))
+
 def _plan(a):
+    if a.days or a.hours: return _plan_budget(a)
+    if not a.config: raise StackwiseError('plan needs --config PRESET (what to plan), or --days / --hours (what a GPU trains in that time)')
     from stackwise.train import plan as sp
     kw = dict(batch_size=a.batch_size, seq_len=a.seq_len, dtype=a.dtype, frozen_dtype=a.frozen_dtype, cache_dtype=a.cache_dtype, cache_batches=a.cache_batches,
               activations=a.activations, host_ram=a.host_ram, disk=a.disk, keep_masters=not a.no_masters)
@@ -206,8 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--list', action='store_true', help='list the shipped presets')
     s.set_defaults(func=_model)
 
-    s = sub.add_parser('plan', help='memory and time of training a preset before training it: per component, where it lives, whether it fits (layerwise against e2e)')
-    s.add_argument('--config', required=True, help='preset name (e.g. decoder/llama_family/70b) or YAML path')
+    s = sub.add_parser('plan', help='memory and time of training a preset before training it (layerwise against e2e); with --days/--hours, what a GPU trains in that time')
+    s.add_argument('--config', help='preset name (e.g. decoder/llama_family/70b) or YAML path; with --days/--hours the fixed-size model (default: Llama-2-70B)')
+    s.add_argument('--days', type=_number(float, 0, low_open=True, example='7'), help='time budget in days: the compute-optimal model and tokens for it, beside a day, a week, a month')
+    s.add_argument('--hours', type=_number(float, 0, low_open=True, example='12'), help='time budget in hours (added to --days)')
+    s.add_argument('--gpus', type=COUNT, default=1, help='GPUs (compute multiplied; memory is still checked for one)')
     s.add_argument('overrides', nargs='*', metavar='FIELD=VALUE', help='model config overrides, e.g. n_layers=4')
     s.add_argument('--mode', default='layerwise', help='layerwise (left2right, input cached, trunk frozen) or e2e; layerwise also prints e2e as the contrast')
     s.add_argument('--gpu', default='h200', help='h100, h200, a100, or cpu (everything in host memory)')
