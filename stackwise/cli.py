@@ -31,7 +31,12 @@ def _model(a):
     table = counting.parameter_table(cfg)
     print(f'{a.config}: {cfg.source or cfg.family}')
     print(table.to_string(index=False, formatters=dict(parameters='{:,}'.format, share='{:.1%}'.format)))
-    print(f'total parameters: {counting.count_parameters(cfg):,}')
+    encoder = cfg.family in ('bert', 'roberta', 'distilbert', 'modernbert') and not cfg.causal
+    print(f'total parameters: {counting.count_parameters(cfg):,}' + (' (the encoder alone: no pooler, no masked-LM head)' if encoder else ''))
+    if encoder:  # the published sizes count one of these forms (each preset's comment says which)
+        from stackwise.models.encoders import encoder_parameters
+        print(f'  with the pooler (HF BertModel / RobertaModel): {encoder_parameters(cfg, mlm_head=False, pooler=True):,}')
+        print(f'  with the masked-LM head, no pooler (HF ...ForMaskedLM, decoder tied to the embeddings): {encoder_parameters(cfg, mlm_head=True, pooler=False):,}')
     print(f'training FLOPs per token at T={cfg.max_seq_len}: {counting.flops_per_token(cfg):.4g}')
 
 def _plan_budget(a):
