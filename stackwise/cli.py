@@ -177,6 +177,14 @@ def _lm_eval(a):
         setup_logging(); cli = HarnessCLI(); cli.execute(cli.parse_args())
     finally: sys.argv = saved
 
+def _export(a):
+    from stackwise.eval.harness import load_model
+    from stackwise.models.hf_export import export_hf
+    model, tok = load_model(a.model, tokenizer=a.tokenizer)
+    r = export_hf(model, a.out, None if a.no_tokenizer else tok)
+    print(f"{a.model} -> {r['folder']}: {r['hf_class']} ({', '.join(r['files'])}); {r['auto_class']}.from_pretrained gives the Rack's logits within "
+          f"{r['max_abs_diff']:.1e}" + ('' if r['tokenizer'] else '; no tokenizer written'))
+
 def _evaluate(a):
     tasks = [t.strip() for t in a.tasks.split(',') if t.strip()]
     if a.finetune:
@@ -342,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--experiment', default='dtype_bench', help='run folders go to results/<experiment>/')
     s.add_argument('--results', help='results folder (default: results/ of this checkout)')
     s.set_defaults(func=_bench)
+
+    s = sub.add_parser('export', help='a trained model (run folder, checkpoint or saved Rack) as a transformers folder that AutoModel*.from_pretrained loads')
+    s.add_argument('model', help='a run folder (its best checkpoint, else its latest), a checkpoint folder or a saved Rack')
+    s.add_argument('--out', required=True, help='the folder to write (new or empty): config.json, model.safetensors, the tokenizer files')
+    s.add_argument('--tokenizer', help="the model's tokenizer (default: what the run used; bytes, chars via the run's tokenizer.json, a bpe-*.json, a hub name)")
+    s.add_argument('--no-tokenizer', action='store_true', help='weights and config only')
+    s.set_defaults(func=_export)
 
     s = sub.add_parser('evaluate', help='scores of a model on evaluation tasks (zero-shot, or --finetune), one run folder per task')
     s.add_argument('--model', required=True, help='hf:NAME, a saved Rack / checkpoint / run folder, or a preset (random weights)')
