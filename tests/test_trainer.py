@@ -268,3 +268,23 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
     ck = run.path/'checkpoints'
     assert (ck/'best').read_text().strip() == f'step-{int(best.step):06d}'
     assert load_file(ck/f'step-{int(best.step):06d}'/'model.safetensors')
+
+
+def test_wandb_offline_logs_every_row_into_the_run_folder(tmp_path, monkeypatch):
+    "W&B in offline mode (no key: offline by default): the run's rows logged locally under <run>/wandb, the run closed at the end."
+    wandb = pytest.importorskip('wandb')
+    monkeypatch.delenv('WANDB_API_KEY', raising=False); monkeypatch.delenv('WANDB_MODE', raising=False)
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    data = np.random.default_rng(0).integers(0, 63, 4000)
+    run = start_run('t', root=tmp_path)
+    cfg = TrainConfig(max_steps=4, lr=1e-3, warmup_steps=1, eval_every=2, eval_batches=1, progress=False, mfu=False, tensorboard=False, wandb=True)
+    logged = []
+    real_log = wandb.sdk.wandb_run.Run.log
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, 'log', lambda self, row, *a, **k: (logged.append(dict(row)), real_log(self, row, *a, **k))[1])
+    Trainer(_nano(), BlockLoader(TokenBlocks(data, 16), 4, seed=0), cfg, BlockLoader(TokenBlocks(data, 16), 4, shuffle=False), run=run).fit()
+    assert wandb.run is None  # finished by the trainer
+    (offline,) = (run.path/'wandb').glob('offline-run-*')
+    assert list(offline.glob('*.wandb')) and list(offline.glob('*.wandb'))[0].stat().st_size > 0
+    steps = pd.read_csv(run.path/'metrics.csv')
+    assert [r['step'] for r in logged] == steps.step.tolist()  # every metrics.csv row went to W&B too
+    assert logged[-1]['loss'] == pytest.approx(steps.loss.iloc[-1])

@@ -149,7 +149,10 @@ class StepLog:
     "Where a training run's rows go besides its history: `metrics.csv`, TensorBoard and W&B as `cfg` asks (nothing without a run folder, or off the main process)."
     def __init__(self, run, # a `Run`, or None
                  cfg:TrainConfig, main:bool=True):
-        self.run, self.cfg, self.on, self._tb = run, cfg, run is not None and main, None
+        self.run, self.cfg, self.on, self._tb, self._wandb = run, cfg, run is not None and main, None, None
+        if self.on and cfg.wandb:  # refused before the first step, not at the first log
+            try: import wandb  # noqa: F401
+            except ImportError: raise StackwiseError('wandb=True needs Weights & Biases: pip install wandb (or leave wandb off)') from None
 
     def __call__(self, row:dict):
         if not self.on: return
@@ -163,14 +166,17 @@ class StepLog:
         if self.cfg.wandb: self.wandb().log(row, step=row['step'])
 
     def wandb(self):
-        "The `wandb` module, its run started in this run folder."
-        try: import wandb
-        except ImportError: raise StackwiseError('wandb=True needs Weights & Biases: pip install wandb (or leave wandb off)') from None
-        if wandb.run is None: wandb.init(project='stackwise', dir=str(self.run.path), name=self.run.run_id, config=dataclasses.asdict(self.cfg))
-        return wandb
+        "This run's W&B run, started in the run folder (`wandb/`): online with a WANDB_API_KEY, else offline (synced later by `wandb sync`); WANDB_MODE and WANDB_PROJECT decide where set."
+        import os, wandb
+        if self._wandb is None:
+            mode = os.environ.get('WANDB_MODE') or ('online' if os.environ.get('WANDB_API_KEY') else 'offline')
+            self._wandb = wandb.init(project=os.environ.get('WANDB_PROJECT', 'stackwise'), dir=str(self.run.path), name=self.run.run_id,
+                                     id=self.run.run_id, resume='allow', mode=mode, config=dataclasses.asdict(self.cfg))
+        return self._wandb
 
     def close(self):
         if self._tb is not None: self._tb.close(); self._tb = None
+        if self._wandb is not None: self._wandb.finish(); self._wandb = None
 
 def fresh_start(run, seed:int):
     "Refuse a run folder that has checkpoints already (resume it, or use a new one), then seed Python's, NumPy's and torch's random streams."
