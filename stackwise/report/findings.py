@@ -211,8 +211,9 @@ DEPTH_RECIPE = ('stackwise experiment depth_time every_seed=True objective=clm d
                 'batch_size=12 lr=1e-3 warmup_steps=100 beta2=0.99 eval_every=500 eval_batches=145 seeds=0,1,2')
 
 def curated_depth(m:dict, c:dict) -> bool:
-    "A depth_time run the findings read per budget: every plan at every seed, d_model 128 or more, with its verdicts."
-    return bool(m.get('every_seed')) and int(c.get('d_model', 0)) >= 128 and bool(m.get('verdicts'))
+    "A CLM depth_time run the findings read per budget: every plan at every seed, d_model 128 or more, with its verdicts (mask diffusion is on the depth page)."
+    return (bool(m.get('every_seed')) and int(c.get('d_model', 0)) >= 128 and bool(m.get('verdicts'))
+            and m.get('objective', c.get('objective')) == 'clm' and int(c.get('n_layers', 4)) == 4)
 
 def _e2e_steps(m, c) -> int: return int(m.get('e2e_steps', c.get('e2e_steps')))
 
