@@ -89,3 +89,26 @@ def test_sense_top_tokens():
     with torch.no_grad(): model.sense_embeddings.weight[65].view(model.cfg.n_senses, -1)[1] = 10 * model.lm_head.weight[90]
     tab = sense_top_tokens(model, 65, k=4, decode=chr)
     assert len(tab) == model.cfg.n_senses and tab.tokens[1][0] == 'Z'
+
+
+def test_bdh_loads_the_reference_checkpoint():
+    """A pathwaycom/bdh state dict loaded by name gives the reference module's logits (computed outside the project from a fixed
+    random init: tests/fixtures/make_bdh_reference.py), within 1e-5; with stackwise's halves RoPE pairing it would not."""
+    from pathlib import Path
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from stackwise.models.bdh import bdh_from_reference, bdh_reference_config, bdh_to_reference
+    f = Path(__file__).parent/'fixtures'/'bdh_reference.safetensors'
+    t = load_file(str(f))
+    with safe_open(str(f), 'pt') as h: meta = h.metadata()
+    fields = dict(kv.split('=') for kv in meta['config'].split())
+    cfg = bdh_reference_config(**{k: float(v) if k == 'dropout' else int(v) for k, v in fields.items()})
+    ref_sd = {k.removeprefix('model.'): v for k, v in t.items() if k.startswith('model.')}
+    model = bdh_from_reference(ref_sd, cfg).eval()
+    with torch.no_grad(): logits, _ = model(t['idx'])
+    diff = (logits - t['logits']).abs().max().item()
+    assert diff <= 1e-5, diff
+    assert all(torch.equal(bdh_to_reference(model)[k], ref_sd[k]) for k in ('encoder', 'decoder', 'lm_head'))  # and back, bit for bit
+    halves = BDH(bdh_reference_config(**{k: float(v) if k == 'dropout' else int(v) for k, v in fields.items()}))
+    halves.cfg.rope_pairing = 'halves'; halves.load_state_dict(model.state_dict()); halves.eval()
+    with torch.no_grad(): assert (halves(t['idx'])[0] - t['logits']).abs().max().item() > 1e-3

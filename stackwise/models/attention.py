@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 
 # %% auto #0
-__all__ = ['MATMUL_ATTENTION_MAX_KEYS', 'naive_attention', 'RotaryEmbedding', 'apply_rope', 'KVCache', 'attention_mask',
-           'matmul_attention', 'attend', 'hf_attention', 'use_fast_attention', 'Attention']
+__all__ = ['MATMUL_ATTENTION_MAX_KEYS', 'naive_attention', 'RotaryEmbedding', 'apply_rope', 'apply_rope_interleaved', 'KVCache',
+           'attention_mask', 'matmul_attention', 'attend', 'hf_attention', 'use_fast_attention', 'Attention']
 
 # %% ../../nbs/20_models.attention.ipynb #398f79cb
 def naive_attention(q, k, v, # [B, H, Tq, hd], [B, Hkv, Tk, hd], [B, Hkv, Tk, hd]
@@ -49,6 +49,14 @@ def apply_rope(x, cos, sin):
     if cos.dim() == 3: cos, sin = cos[:, None], sin[:, None]
     x1, x2 = x.chunk(2, -1)
     return (x * cos + torch.cat([-x2, x1], -1) * sin).to(x.dtype)
+
+def apply_rope_interleaved(x, cos, sin):
+    "Rotate `x` [B, H, T, hd] by pairs of adjacent dimensions (2k, 2k+1), as GPT-J, DeepSeek's checkpoints and the BDH reference do; the same cos/sin tables as `apply_rope` (pair k turns at frequency k)."
+    if cos.dim() == 3: cos, sin = cos[:, None], sin[:, None]
+    h = x.shape[-1] // 2
+    c, s = cos[..., :h].repeat_interleave(2, -1), sin[..., :h].repeat_interleave(2, -1)
+    rotated = torch.stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)
+    return (x * c + rotated * s).to(x.dtype)
 
 # %% ../../nbs/20_models.attention.ipynb #8eb812ef
 class KVCache:

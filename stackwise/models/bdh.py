@@ -10,13 +10,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import RotaryEmbedding, apply_rope
+from .attention import RotaryEmbedding, apply_rope, apply_rope_interleaved
 from ..core import StackwiseError
 from .counting import count_parameters, parameter_table
 from ..train.losses import token_loss
 
 # %% auto #0
-__all__ = ['BDHConfig', 'bdh_seed001', 'bdh_tiny', 'bdh_parameters', 'causal_linear_attention', 'BDH']
+__all__ = ['BDHConfig', 'bdh_seed001', 'bdh_tiny', 'bdh_parameters', 'causal_linear_attention', 'BDH', 'bdh_reference_config',
+           'bdh_from_reference', 'bdh_to_reference']
 
 # %% ../../nbs/29_models.bdh.ipynb #06896317
 @dataclass
@@ -29,6 +30,7 @@ class BDHConfig:
     n_neurons: int = 32768  # N, all heads together; each head has N / n_heads
     dropout: float = 0.1  # on the gated neuron activations
     rope_theta: float = 2.0 ** 16  # RoPE over N/n_heads dims needs long wavelengths
+    rope_pairing: str = 'halves'  # halves: dims (k, k + n/2) rotate together (stackwise's RoPE); interleaved: (2k, 2k+1), as pathwaycom/bdh
     family: str = 'bdh'
     source: str = ''
 
@@ -42,6 +44,7 @@ class BDHConfig:
         if self.n_neurons % self.n_heads or self.neurons_per_head % 2:
             bad('n_neurons', f'({self.n_neurons}) must split into n_heads ({self.n_heads}) even-sized heads for RoPE')
         if not 0 <= self.dropout < 1: bad('dropout', f'must be in [0, 1), got {self.dropout}')
+        if self.rope_pairing not in ('halves', 'interleaved'): bad('rope_pairing', f"must be 'halves' or 'interleaved', got {self.rope_pairing!r}")
 
 def bdh_seed001(**overrides) -> BDHConfig:
     "Seed 001's BDH: bytes, 6 layers, d=256, 4 heads, N=32,768 neurons (8,192 per head): 25,296,896 parameters."
@@ -89,7 +92,7 @@ class BDH(nn.Module):
         x = _ln(self.embed(idx)).unsqueeze(1)  # [B, 1, T, d]: one state shared by the heads
         for _ in range(self.cfg.n_layers):
             x_sparse = F.relu(x @ self.encoder)  # [B, H, T, n]
-            qk = apply_rope(x_sparse, cos, sin)
+            qk = (apply_rope if self.cfg.rope_pairing == 'halves' else apply_rope_interleaved)(x_sparse, cos, sin)
             a = causal_linear_attention(qk, x)  # [B, H, T, d]
             y_sparse = F.relu(_ln(a) @ self.encoder_v)
             if record is not None: record.append((x_sparse.detach(), y_sparse.detach()))
@@ -105,3 +108,32 @@ class BDH(nn.Module):
         logits = self.lm_head(self.hidden(idx))
         loss = None if targets is None else token_loss(logits, targets)
         return logits, loss
+
+# %% ../../nbs/29_models.bdh.ipynb #c30b02c3
+def bdh_reference_config(n_layer:int=6, n_embd:int=256, dropout:float=0.1, n_head:int=4, mlp_internal_dim_multiplier:int=128,
+                         vocab_size:int=256) -> BDHConfig:
+    "The BDHConfig of a pathwaycom/bdh model, from its own config fields: N per head is multiplier x d / heads, RoPE on interleaved pairs."
+    return BDHConfig(vocab_size=vocab_size, d_model=n_embd, n_layers=n_layer, n_heads=n_head, dropout=dropout,
+                     n_neurons=mlp_internal_dim_multiplier * n_embd // n_head * n_head, rope_pairing='interleaved',
+                     source='pathwaycom/bdh layout')
+
+_REFERENCE_KEYS = {'embed.weight', 'encoder', 'encoder_v', 'decoder', 'lm_head'}
+
+def bdh_from_reference(state_dict:dict, # a pathwaycom/bdh `BDH.state_dict()`
+                       cfg:BDHConfig) -> BDH:
+    "A BDH with the reference checkpoint's weights, by name: its [d, V] `lm_head` transposed into the Linear; its RoPE table recomputed."
+    got = set(state_dict) - {'attn.freqs'}
+    if got != _REFERENCE_KEYS:
+        raise StackwiseError(f'not a pathwaycom/bdh state dict: missing {sorted(_REFERENCE_KEYS - got)}, unexpected {sorted(got - _REFERENCE_KEYS)}')
+    if cfg.rope_pairing != 'interleaved':
+        raise StackwiseError("the reference rotates interleaved RoPE pairs: build the config with bdh_reference_config(...) or rope_pairing='interleaved'")
+    sd = {k: v for k, v in state_dict.items() if k in _REFERENCE_KEYS and k != 'lm_head'} | {'lm_head.weight': state_dict['lm_head'].T.contiguous()}
+    model = BDH(cfg)
+    model.load_state_dict(sd)  # strict: every shape must match the config
+    return model
+
+def bdh_to_reference(model:BDH) -> dict:
+    "`model`'s weights in the reference's names and layout (interleaved RoPE models only)."
+    if model.cfg.rope_pairing != 'interleaved': raise StackwiseError("only rope_pairing='interleaved' models compute the reference's function")
+    sd = model.state_dict()
+    return {k: sd[k] for k in ('embed.weight', 'encoder', 'encoder_v', 'decoder')} | {'lm_head': sd['lm_head.weight'].T.contiguous()}
