@@ -55,6 +55,9 @@ class ModelConfig:
     rope_head_dim: int|None = None  # MLA: per-head query/key dims carrying the decoupled RoPE (None: head_dim // 2)
     nope_head_dim: int|None = None  # MLA: per-head query/key dims without RoPE (None: head_dim)
     v_head_dim: int|None = None  # MLA: per-head value dims (None: head_dim)
+    mla_rope_interleaved: bool = False  # MLA: the rope dims rotate in adjacent pairs (2k, 2k+1), as DeepSeek's checkpoints (transformers' rope_interleave)
+    mla_norm_eps: float|None = None  # MLA: eps of the query/KV latent RMSNorms (None: norm_eps; DeepSeek-V2/V3 fix 1e-6)
+    rope_scaling: dict|None = None  # YaRN context extension: {type: yarn, factor, original_max_seq_len, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 0}
     feature_map: str = 'elu1'  # linear attention's phi: elu1 (elu(x) + 1) | relu
     local_window: int|None = None  # sliding window of local layers (None: every layer global); causal: the last `local_window` tokens, bidirectional: `local_window // 2` each side
     global_every: int = 1  # layers 0, n, 2n, ... are global, the others local (ModernBERT: 3, with local_window 128)
@@ -95,6 +98,10 @@ class ModelConfig:
             bad('stack_sizes', f'{self.stack_sizes} must be positive and add up to n_layers ({self.n_layers})')
         if not 0 <= self.dropout < 1: bad('dropout', f'must be in [0, 1), got {self.dropout}')
         if self.local_rope_theta is not None and self.positions != 'rope': bad('local_rope_theta', f'is set but positions is {self.positions!r}; set positions=rope or leave it unset')
+        if self.rope_scaling is not None:
+            from stackwise.models.attention import check_rope_scaling
+            try: self.rope_scaling = check_rope_scaling(self.rope_scaling)
+            except StackwiseError as e: bad('rope_scaling', str(e))
         if not self.first_attn_norm and self.norm_position != 'pre': bad('first_attn_norm', 'can only be False for pre-norm Blocks (norm_position=pre): a post-norm Block has no input norm to skip')
         self._check_attention(bad)
 

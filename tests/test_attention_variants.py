@@ -194,3 +194,35 @@ def test_parameter_counts():
                 + d * (20 + r) + 20 + 20 * H * (12 + 10)  # kv_a, kv_norm, kv_b
                 + H * 10 * d)  # out
     assert sum(p.numel() for p in MLA(cfg).parameters()) == expected
+
+
+@pytest.mark.parametrize('interleaved,yarn,mscale_all_dim', [(True, True, 0.707), (True, False, 0), (False, False, 0), (False, True, 0.707), (True, True, 0.3)])
+def test_mla_matches_transformers_deepseek_v3_attention(interleaved, yarn, mscale_all_dim):
+    """stackwise's MLA with DeepSeek's layout (rope dims in adjacent pairs, latent RMSNorm eps 1e-6) and YaRN (frequencies, cos/sin
+    factor, the softmax's mscale^2) computes transformers' DeepseekV3Attention: same weights, same inputs, max |dy| <= 1e-5."""
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention, DeepseekV3RotaryEmbedding
+    scaling = dict(factor=4.0, beta_fast=32.0, beta_slow=1.0, mscale=0.707, mscale_all_dim=mscale_all_dim)  # unequal: a cos/sin factor too
+    rope = dict(rope_type='yarn', rope_theta=10000.0, original_max_position_embeddings=32, **scaling) if yarn else dict(rope_type='default', rope_theta=10000.0)
+    hc = DeepseekV3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=32, qk_rope_head_dim=8,
+                          qk_nope_head_dim=16, v_head_dim=16, head_dim=8, max_position_embeddings=128, rope_interleave=interleaved,
+                          rope_parameters=rope, attention_bias=False, attention_dropout=0.0)
+    hc._attn_implementation = 'eager'
+    torch.manual_seed(0)
+    hf, rot = DeepseekV3Attention(hc, 0).eval(), DeepseekV3RotaryEmbedding(hc)
+    for p in hf.parameters(): p.data.normal_(0, 0.2)
+    cfg = ModelConfig(attention='mla', d_model=64, n_heads=4, q_lora_rank=24, kv_lora_rank=32, rope_head_dim=8, nope_head_dim=16, v_head_dim=16,
+                      positions='rope', bias=False, max_seq_len=128, mla_rope_interleaved=interleaved, mla_norm_eps=1e-6,
+                      rope_scaling=dict(type='yarn', original_max_seq_len=32, **scaling) if yarn else None)
+    ours = MLA(cfg).eval()
+    names = dict(q_a='q_a_proj', q_norm='q_a_layernorm', q_b='q_b_proj', kv_a='kv_a_proj_with_mqa', kv_norm='kv_a_layernorm', kv_b='kv_b_proj', out='o_proj')
+    ours.load_state_dict({f'{o}.weight': getattr(hf, h).weight for o, h in names.items()})
+    x, T = torch.randn(2, 40, 64), 40  # past the original context, where YaRN's interpolation matters
+    mask = torch.full((T, T), float('-inf')).triu(1)[None, None]
+    with torch.no_grad():
+        want = hf(x, rot(x, torch.arange(T)[None].expand(2, -1)), mask)[0]
+        got = ours(x)
+    assert (got - want).abs().max().item() <= 1e-5, (got - want).abs().max().item()
+    if interleaved:  # the layout is not a relabelling: stackwise's halves pairing gives other outputs
+        ours.rope_fn = MLA(ModelConfig(**{**cfg.__dict__, 'mla_rope_interleaved': False})).rope_fn
+        with torch.no_grad(): assert (ours(x) - want).abs().max().item() > 1e-4

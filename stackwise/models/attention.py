@@ -11,10 +11,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from ..core import StackwiseError
 
 # %% auto #0
-__all__ = ['MATMUL_ATTENTION_MAX_KEYS', 'naive_attention', 'RotaryEmbedding', 'apply_rope', 'apply_rope_interleaved', 'KVCache',
-           'attention_mask', 'matmul_attention', 'attend', 'hf_attention', 'use_fast_attention', 'Attention']
+__all__ = ['MATMUL_ATTENTION_MAX_KEYS', 'naive_attention', 'check_rope_scaling', 'yarn_mscale', 'yarn_inv_freq',
+           'RotaryEmbedding', 'apply_rope', 'apply_rope_interleaved', 'KVCache', 'attention_mask', 'matmul_attention',
+           'attend', 'hf_attention', 'use_fast_attention', 'Attention']
 
 # %% ../../nbs/20_models.attention.ipynb #398f79cb
 def naive_attention(q, k, v, # [B, H, Tq, hd], [B, Hkv, Tk, hd], [B, Hkv, Tk, hd]
@@ -33,16 +35,50 @@ def naive_attention(q, k, v, # [B, H, Tq, hd], [B, Hkv, Tk, hd], [B, Hkv, Tk, hd
     return scores.softmax(-1) @ v
 
 # %% ../../nbs/20_models.attention.ipynb #c2633978
+_YARN_DEFAULTS = dict(beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=0.0)
+
+def check_rope_scaling(s:dict) -> dict:
+    "A `rope_scaling` dict with its defaults filled in, or an error naming what is wrong (YaRN only)."
+    if not isinstance(s, dict) or s.get('type') != 'yarn':
+        raise StackwiseError(f"must be a dict with type: yarn (the only scaling implemented), got {s!r}")
+    for k in ('factor', 'original_max_seq_len'):
+        if not isinstance(s.get(k), (int, float)) or s[k] <= 0: raise StackwiseError(f'needs a positive {k}, got {s.get(k)!r}')
+    unknown = set(s) - {'type', 'factor', 'original_max_seq_len', *_YARN_DEFAULTS}
+    if unknown: raise StackwiseError(f'has unknown keys {sorted(unknown)}: use factor, original_max_seq_len, {", ".join(_YARN_DEFAULTS)}')
+    return {**_YARN_DEFAULTS, **s}
+
+def yarn_mscale(factor:float, mscale:float=1.0) -> float:
+    "YaRN's attention temperature term, 0.1 mscale ln(factor) + 1 (1 without extension)."
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+def yarn_inv_freq(head_dim:int, theta:float, s:dict) -> tuple[torch.Tensor, float]:
+    """YaRN (Peng et al. 2023, "NTK-by-parts"): frequencies that turn fewer than `beta_slow` times over the original context are
+    interpolated by `factor`, those turning more than `beta_fast` times kept, a linear ramp between; with the cos/sin factor."""
+    s = check_rope_scaling(s)
+    pos = theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    def dim_of(rotations):  # the (pair) dimension whose wavelength fits `rotations` turns in the original context
+        return head_dim * math.log(s['original_max_seq_len'] / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+    lo, hi = max(math.floor(dim_of(s['beta_fast'])), 0), min(math.ceil(dim_of(s['beta_slow'])), head_dim - 1)
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - lo) / (hi - lo if hi > lo else 1e-3)).clamp(0, 1)
+    keep = 1 - ramp  # 1: extrapolate (high frequencies kept), 0: interpolate by factor
+    inv = (1 / (s['factor'] * pos)) * (1 - keep) + (1 / pos) * keep
+    f, m, m_all = s['factor'], s['mscale'], s['mscale_all_dim']
+    attention_factor = yarn_mscale(f, m) / yarn_mscale(f, m_all) if m and m_all else yarn_mscale(f)
+    return inv, float(attention_factor)
+
 class RotaryEmbedding(nn.Module):
-    "cos/sin tables of rotary position embeddings for given positions."
-    def __init__(self, head_dim:int, theta:float=10000.0):
+    "cos/sin tables of rotary position embeddings for given positions (YaRN-scaled with `scaling`)."
+    def __init__(self, head_dim:int, theta:float=10000.0, scaling:dict|None=None):
         super().__init__()
-        self.register_buffer('inv_freq', 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim), persistent=False)
+        inv, self.attention_factor = (yarn_inv_freq(head_dim, theta, scaling) if scaling else
+                                      (1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim), 1.0))
+        self.register_buffer('inv_freq', inv, persistent=False)
 
     def forward(self, positions): # [T] or [B, T] integer positions
         freqs = positions.float()[..., None] * self.inv_freq
         emb = torch.cat([freqs, freqs], -1)
-        return emb.cos(), emb.sin()
+        if self.attention_factor == 1.0: return emb.cos(), emb.sin()
+        return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
 
 def apply_rope(x, cos, sin):
     "Rotate `x` [B, H, T, hd] by the angles whose cos/sin are [T, hd] or [B, T, hd]."

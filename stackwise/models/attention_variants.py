@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import Attention, KVCache, RotaryEmbedding, apply_rope, attend, attention_mask
+from .attention import Attention, KVCache, RotaryEmbedding, apply_rope, apply_rope_interleaved, attend, attention_mask, yarn_mscale
 from ..config import ModelConfig
 
 # %% auto #0
@@ -25,19 +25,23 @@ class MLA(Attention):
         self.kv_rank, self.q_rank, self.rope_dim = cfg.kv_lora_rank, cfg.q_lora_rank, cfg.rope_head_dim
         self.nope_dim, self.v_dim = cfg.nope_head_dim, cfg.v_head_dim
         self.head_dim = self.nope_dim + self.rope_dim  # query/key width per head, what SDPA scales by
+        eps = cfg.norm_eps if cfg.mla_norm_eps is None else cfg.mla_norm_eps
+        self.rope_fn = apply_rope_interleaved if cfg.mla_rope_interleaved else apply_rope
+        s = cfg.rope_scaling  # YaRN also scales the softmax (every dim, not only the rotary ones) by mscale(factor, mscale_all_dim)^2
+        self.scale = self.head_dim ** -0.5 * (yarn_mscale(s['factor'], s['mscale_all_dim']) ** 2 if s and s['mscale_all_dim'] else 1.0)
         if self.q_rank:
-            self.q_a, self.q_norm = nn.Linear(cfg.d_model, self.q_rank, bias=cfg.bias), nn.RMSNorm(self.q_rank, eps=cfg.norm_eps)
+            self.q_a, self.q_norm = nn.Linear(cfg.d_model, self.q_rank, bias=cfg.bias), nn.RMSNorm(self.q_rank, eps=eps)
             self.q_b = nn.Linear(self.q_rank, H * self.head_dim, bias=False)
         else: self.q = nn.Linear(cfg.d_model, H * self.head_dim, bias=cfg.bias)
         self.kv_a = nn.Linear(cfg.d_model, self.kv_rank + self.rope_dim, bias=cfg.bias)
-        self.kv_norm = nn.RMSNorm(self.kv_rank, eps=cfg.norm_eps)
+        self.kv_norm = nn.RMSNorm(self.kv_rank, eps=eps)
         self.kv_b = nn.Linear(self.kv_rank, H * (self.nope_dim + self.v_dim), bias=False)
         self.out = nn.Linear(H * self.v_dim, cfg.d_model, bias=cfg.bias)
-        self.rotary = RotaryEmbedding(self.rope_dim, cfg.rope_theta) if cfg.positions == 'rope' and self.rope_dim else None
+        self.rotary = RotaryEmbedding(self.rope_dim, cfg.rope_theta, cfg.rope_scaling) if cfg.positions == 'rope' and self.rope_dim else None
 
     def rope_tables(self, rope, start:int, T:int, device):
         "cos/sin for the rope dims: the given tables when they fit, else our own for positions start..start+T."
-        if rope is not None and rope[0].shape[-1] == self.rope_dim: return rope
+        if rope is not None and rope[0].shape[-1] == self.rope_dim and self.rotary.attention_factor == 1.0: return rope
         return self.rotary(torch.arange(start, start + T, device=device))
 
     def forward(self, x, # [B, T, d_model]
@@ -53,14 +57,14 @@ class MLA(Attention):
         if self.rotary is not None:
             start = cache.k[self.layer].shape[-2] if cache is not None and self.layer in cache.k else 0
             cos, sin = self.rope_tables(rope, start, T, x.device)
-            q_pe, k_pe = apply_rope(q_pe, cos, sin), apply_rope(k_pe, cos, sin)
+            q_pe, k_pe = self.rope_fn(q_pe, cos, sin), self.rope_fn(k_pe, cos, sin)
         if cache is not None: c, k_pe = cache.update(self.layer, c, k_pe)
         Tk = c.shape[-2]
         k_nope, v = self.kv_b(c[:, 0]).view(B, Tk, H, nope + self.v_dim).transpose(1, 2).split([nope, self.v_dim], -1)
         q = torch.cat([q_nope, q_pe], -1)
         k = torch.cat([k_nope, k_pe.expand(B, H, Tk, r)], -1)
         mask = attention_mask(T, Tk, self.causal, self.window, key_mask, x.device)
-        y = attend(q, k, v, mask, self.causal, self.dropout if self.training else 0.0)
+        y = attend(q, k, v, mask, self.causal, self.dropout if self.training else 0.0, scale=self.scale)
         return self.out(y.transpose(1, 2).reshape(B, T, H * self.v_dim))
 
 # %% ../../nbs/21_models.attention_variants.ipynb #953bac74

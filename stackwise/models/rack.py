@@ -36,7 +36,7 @@ class Rack(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == 'learned' else None
         self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.emb_norm = make_norm(cfg) if cfg.embedding_norm else None
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta) if cfg.positions == 'rope' else None
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling) if cfg.positions == 'rope' else None
         self.local_rope = RotaryEmbedding(cfg.head_dim, cfg.local_rope_theta) if self.rope is not None and cfg.local_rope_theta is not None else None
         self.drop = nn.Dropout(cfg.dropout)
         starts = [sum(cfg.stack_sizes[:i]) for i in range(len(cfg.stack_sizes))]
