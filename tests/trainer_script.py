@@ -22,6 +22,7 @@ p.add_argument('--accum', type=int, default=1)
 p.add_argument('--dropout', type=float, default=0.1)
 p.add_argument('--objective', default='clm')
 p.add_argument('--lr', type=float, default=3e-3)
+p.add_argument('--fsdp', action='store_true', help='shard over the processes (TrainConfig.fsdp)')
 a = p.parse_args()
 
 torch.set_num_threads(1)  # same thread count in every run: CPU kernels are then deterministic
@@ -34,7 +35,7 @@ torch.manual_seed(0)
 model = Rack(load_config('decoder/gpt2_family/nano', [f'vocab_size={vocab}', f'max_seq_len={T}', 'n_layers=2', 'd_model=32',
                                                        'n_heads=2', f'dropout={a.dropout}', f'causal={a.objective == "clm"}']))
 cfg = TrainConfig(max_steps=a.steps, grad_accum=a.accum, lr=a.lr, warmup_steps=3, eval_every=5, eval_batches=2, checkpoint_every=4,
-                  objective=a.objective, mask_token_id=vocab - 1 if a.objective == 'mlm' else None,
+                  fsdp=a.fsdp, objective=a.objective, mask_token_id=vocab - 1 if a.objective == 'mlm' else None,
                   progress=False, tensorboard=False, mfu=False)
 kill = (lambda t, step: os.kill(os.getpid(), signal.SIGKILL) if step == a.kill_at else None)
 Trainer(model, train, cfg, val, start_run('t', path=a.run_dir), on_step=kill).fit(resume=a.resume)

@@ -191,13 +191,21 @@ def remote_code_error(name:str, e:Exception) -> StackwiseError|None:
                           f'pass trust_remote_code=True with revision=<40-hex commit> (stackwise evaluate --trust-remote-code --revision COMMIT)')
 
 # %% ../../nbs/24_models.families.ipynb #fe9e5f3c
-def save_rack(rack:Rack, folder:str|Path) -> Path:
+def save_rack(rack:Rack, folder:str|Path,
+              weights:dict|None=None, # its full weights by name, when the module holds shards of them (FSDP)
+             ) -> Path:
     "Write `config.yaml` and `model.safetensors` (which names the Rack's class and heads) into `folder`."
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     tmp = folder/'.model.safetensors.tmp'
-    kind = type(rack)
-    save_model(rack, str(tmp), metadata={'rack_class': f'{kind.__module__}.{kind.__qualname__}', 'rack_kwargs': json.dumps(rack.init_kwargs())})
+    kind = next((c for c in type(rack).__mro__ if c.__module__.split('.')[0] == 'stackwise'), type(rack))  # FSDP2 subclasses the model's class
+    meta = {'rack_class': f'{kind.__module__}.{kind.__qualname__}', 'rack_kwargs': json.dumps(rack.init_kwargs())}
+    if weights is None: save_model(rack, str(tmp), metadata=meta)
+    else:  # tied weights once, under the name save_model keeps (the first in sort order), so that load_model takes the file
+        aliases = {}
+        for n, p in rack.named_parameters(remove_duplicate=False): aliases.setdefault(id(p), []).append(n)
+        drop = {n for names in aliases.values() for n in sorted(names)[1:]}
+        save_file({k: v.contiguous() for k, v in weights.items() if k not in drop}, str(tmp), metadata=meta)
     tmp.replace(folder/'model.safetensors')
     atomic_write(folder/'config.yaml', yaml.safe_dump(config_dict(rack.cfg), sort_keys=False))
     return folder

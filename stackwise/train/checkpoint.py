@@ -52,7 +52,9 @@ def trainable_state(model:torch.nn.Module) -> dict|None:
 def save_checkpoint(folder:str|Path, # the checkpoints folder of a run
                     name:str, # the checkpoint's folder name, e.g. step-000100
                     model:torch.nn.Module|dict, # a model, or named tensors (e.g. the part of a model that is not saved elsewhere)
-                    state:dict, meta:dict) -> Path:
+                    state:dict, meta:dict,
+                    rack=None, # with named tensors: the Rack they are all the weights of (FSDP's gathered state), so its config is saved too
+                   ) -> Path:
     "Write one checkpoint folder atomically (temporary folder, then rename); a partly frozen model saves its trainable weights only, a whole Rack its config too."
     from safetensors.torch import save_file, save_model
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -66,8 +68,9 @@ def save_checkpoint(folder:str|Path, # the checkpoints folder of a run
         part = {k: v.detach().clone().contiguous() for k, v in model.items()} if isinstance(model, dict) else trainable_state(model)  # clones: tied tensors share memory
         if part is None and isinstance(model, Rack): save_rack(model, tmp)  # with config.yaml: `families.load_rack` rebuilds it
         elif part is None: save_model(model, str(tmp/'model.safetensors'))
+        elif rack is not None: save_rack(rack, tmp, part)  # every weight, gathered from the shards
         else: save_file(part, str(tmp/'model.safetensors'))
-        meta = dict(meta, weights='all' if part is None else 'trainable')
+        meta = dict(meta, weights='all' if part is None or rack is not None else 'trainable')
         torch.save(state, tmp/'state.pt')
         for f in ('model.safetensors', 'state.pt'):
             with open(tmp/f, 'rb') as fh: os.fsync(fh.fileno())

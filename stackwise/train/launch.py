@@ -4,7 +4,7 @@
 
 # %% ../../nbs/39a_train.launch.ipynb #865135db
 from __future__ import annotations
-import dataclasses, shlex, sys
+import dataclasses, os, shlex, sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -101,12 +101,24 @@ def train_run(experiment:str='train', # run folders go to results/<experiment>/
     train = BlockLoader(lb.train if a['sampling'] == 'blocks' else TokenWindows(lb.train.tokens, a['seq_len']), a['batch_size'], seed=cfg.seed)
     val = BlockLoader(lb.val, a['batch_size'], shuffle=False) if lb.val is not None else None
     command = shlex.join(['stackwise', *(sys.argv[1:] if argv is None else argv)])
-    run = start_run(experiment, dict(command=command, cli=a, preset=preset, data=a['data'], data_source=lb.source, tokenizer=tok.name,
-                                     seq_len=a['seq_len'], batch_size=a['batch_size'], model=dataclasses.asdict(mcfg)),
-                    root=results, path=resume)
-    if isinstance(tok, CharTokenizer) and not (run.path/'tokenizer.json').exists(): tok.save(run.path/'tokenizer.json')  # for evaluate and generation
-    with run.locked(), run.recording() if resume is None else nullcontext():  # a refused resume leaves the folder as it was
+    acc, main = None, True
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:  # torchrun / accelerate launch: one run folder, made by the main process
+        from accelerate import Accelerator
+        from stackwise.train.loop import no_accelerator
+        acc = Accelerator(mixed_precision='no', cpu=no_accelerator())
+        main = acc.is_main_process
+    if main:
+        run = start_run(experiment, dict(command=command, cli=a, preset=preset, data=a['data'], data_source=lb.source, tokenizer=tok.name,
+                                         seq_len=a['seq_len'], batch_size=a['batch_size'], model=dataclasses.asdict(mcfg)),
+                        root=results, path=resume)
+        if isinstance(tok, CharTokenizer) and not (run.path/'tokenizer.json').exists(): tok.save(run.path/'tokenizer.json')  # for evaluate and generation
+    if acc is not None:
+        import torch.distributed as dist
+        where = [str(run.path) if main else None]
+        dist.broadcast_object_list(where, 0)
+        if not main: run = Run(where[0])  # the same folder: read for resuming, written only by the main process
+    with run.locked() if main else nullcontext(), run.recording() if resume is None and main else nullcontext():  # a refused resume leaves the folder as it was
         torch.manual_seed(cfg.seed)  # the initial weights
         if depth: out = DepthTrainer(lazy_rack(mcfg), train, dcfg, cfg, val, run).fit(resume=resume is not None)
-        else: out = Trainer(Rack(mcfg), train, cfg, val, run).fit(resume=resume is not None)
+        else: out = Trainer(Rack(mcfg), train, cfg, val, run, accelerator=acc).fit(resume=resume is not None)
     return run, out

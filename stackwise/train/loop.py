@@ -44,6 +44,7 @@ class TrainConfig:
     mask_token_id: int|None = None  # mlm only
     seed: int = 0
     compile: bool = False  # torch.compile the model
+    fsdp: bool = False  # shard weights, gradients and AdamW state over the processes (torch FSDP2, one unit per block); one process: no effect
     attention: str = 'auto'  # auto: HF models on SDPA take `stackwise.models.attention.attend`'s faster kernel | model: as the model says
     # evaluation and early stopping (outside the hash: they never change the weights)
     eval_every: int = 0  # steps between validation passes (0: none)
@@ -138,6 +139,7 @@ def optimizer_step(opt, sched, scaler, # the optimizer, its schedule, and a `Gra
     "Unscale, clip the gradient norm of `params`, step, zero the gradients, advance the schedule; returns (this step's learning rate, the norm before clipping)."
     if scaler: scaler.unscale_(opt)
     gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
+    if hasattr(gnorm, 'full_tensor'): gnorm = gnorm.full_tensor()  # FSDP: the norm of the sharded gradients, reduced
     lr = opt.param_groups[0]['lr']
     if scaler: scaler.step(opt); scaler.update()
     else: opt.step()

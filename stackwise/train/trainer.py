@@ -24,9 +24,21 @@ from .loop import (LM_OBJECTIVES, CheckpointClock, Interrupted, StepLog, StopSig
 from ..models.protocol import model_config, output_logits, vocab_size
 from .losses import loss_sum, n_targets
 from ..models.counting import model_flops_per_token
+from ..models.rack import Rack
 
 # %% auto #0
-__all__ = ['Trainer']
+__all__ = ['shard_model', 'Trainer']
+
+# %% ../../nbs/33_train.trainer.ipynb #0f2e1757
+def shard_model(module:torch.nn.Module) -> torch.nn.Module:
+    "FSDP2 (torch's `fully_shard`) in place, over the process group: each Block of a Rack (each decoder layer of an HF model) a unit of its own, then the root."
+    from torch.distributed.fsdp import fully_shard
+    from ..models.blocks import Block
+    units = [m for m in module.modules() if isinstance(m, Block)] or [
+        m for m in module.modules() if m is not module and type(m).__name__.endswith(('DecoderLayer', 'Layer', 'Block'))]
+    for m in units: fully_shard(m)
+    fully_shard(module)
+    return module
 
 # %% ../../nbs/33_train.trainer.ipynb #f600dcca
 class Trainer:
@@ -50,7 +62,9 @@ class Trainer:
         tf32_mode(self.policy)
         self.module = cast_model(model, self.policy).to(self.acc.device)  # the unwrapped model: what checkpoints hold
         if self.cfg.attention == 'auto': use_fast_attention(self.module)  # HF models; Racks already use `attend`
-        self.model = self.acc.prepare_model(torch.compile(self.module) if self.cfg.compile else self.module)
+        self.fsdp = self.cfg.fsdp and self.world > 1
+        if self.fsdp: self.model = shard_model(self.module)  # FSDP2 in place (accelerate's FSDP needs CUDA: on CPU it would fall back to DDP)
+        else: self.model = self.acc.prepare_model(torch.compile(self.module) if self.cfg.compile else self.module)
         c = self.cfg
         self.opt = make_optimizer(param_groups(self.module, c.weight_decay), self.policy, lr=c.lr, betas=(c.beta1, c.beta2))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, c))
@@ -142,15 +156,20 @@ def _ckpt_dir(self:Trainer) -> Path|None: return self.run.path/'checkpoints' if 
 @patch
 def save(self:Trainer, *pointers:str) -> Path|None:
     "Checkpoint the current step (main process only) and point `pointers` at it."
+    weights = optim = None
+    if self.fsdp:  # every process takes part in gathering the shards; the main process writes them
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        weights, optim = get_state_dict(self.module, self.opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if self.run is None or not self.acc.is_main_process: return None
     self.run.flush()
-    state = dict(optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+    state = dict(optimizer=optim if self.fsdp else self.opt.state_dict(), scheduler=self.sched.state_dict(),
                  scaler=self.scaler.state_dict() if self.scaler else {}, rng=rng_state(),
                  data=self.train_data.state_dict(), step=self.step, tokens=self.tokens,
                  best_val=self.best_val, best_step=-1 if self.best_step is None else self.best_step, bad_evals=self.bad_evals)
     meta = dict(step=self.step, config_hash=self.config_hash, hashed=self.hashed, dtype=self.policy.name, format=2)
     t0 = time.perf_counter()
-    ck = save_checkpoint(self._ckpt_dir(), f'step-{self.step:06d}', self.module, state, meta)
+    ck = (save_checkpoint(self._ckpt_dir(), f'step-{self.step:06d}', weights, state, meta, rack=self.module if isinstance(self.module, Rack) else None)
+          if self.fsdp else save_checkpoint(self._ckpt_dir(), f'step-{self.step:06d}', self.module, state, meta))
     for p in pointers: set_pointer(ck.parent, p, ck.name)
     self.checkpoint_s += time.perf_counter() - t0  # what checkpoints cost the run, in metrics.json
     return ck
@@ -168,11 +187,17 @@ def resume(self:Trainer, path:str|Path|None=None, # a checkpoint, checkpoints or
     ck, meta, st = load_checkpoint(src)
     check_resumable(ck, meta, 'the model, the TrainConfig and the number of processes', **self.hashed)
     self.train_data.load_state_dict(st['data'])  # refuses other data or batch size, before anything is loaded
-    if meta.get('weights', 'all') == 'all': load_model(self.module, str(ck/'model.safetensors'), device=str(self.acc.device))
+    if self.fsdp:  # the full weights and AdamW state, scattered back into this process's shards
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        set_state_dict(self.module, self.opt, model_state_dict=load_file(str(ck/'model.safetensors')), optim_state_dict=st['optimizer'],
+                       options=StateDictOptions(full_state_dict=True, strict=False))
+    elif meta.get('weights', 'all') == 'all': load_model(self.module, str(ck/'model.safetensors'), device=str(self.acc.device))
     else:  # only the trained part was saved; the frozen base comes from where the model was built
         from safetensors.torch import load_file
         self.module.load_state_dict(load_file(str(ck/'model.safetensors'), device=str(self.acc.device)), strict=False)
-    self.opt.load_state_dict(st['optimizer']); self.sched.load_state_dict(st['scheduler'])
+    if not self.fsdp: self.opt.load_state_dict(st['optimizer'])
+    self.sched.load_state_dict(st['scheduler'])
     if self.scaler: self.scaler.load_state_dict(st['scaler'])
     self.step, self.tokens, self.best_val, self.bad_evals = st['step'], st['tokens'], st['best_val'], st['bad_evals']
     self.best_step = None if st['best_step'] < 0 else st['best_step']
