@@ -76,8 +76,10 @@ def test_e2e_next_token_is_the_classical_trainer(data):
     a.fit()
     b = DepthTrainer(nano(n_layers=2), loaders(data)[0], DepthConfig(mode='e2e', objective='clm'), cfg, loaders(data)[1])
     b.fit()
-    assert [h['loss'] for h in a.history] == [h['loss'] for h in b.history if 'loss' in h]
-    assert [h['val_loss'] for h in a.history if h.get('val_loss')] == [h['val_loss'] for h in b.history if h.get('val_loss') and h['step'] > 0]
+    # the same numbers up to float rounding: the two loops reduce the loss in another order, which some CPUs (AMX) round differently
+    assert [h['loss'] for h in a.history] == pytest.approx([h['loss'] for h in b.history if 'loss' in h], rel=1e-6, abs=0)
+    assert [h['val_loss'] for h in a.history if h.get('val_loss')] == pytest.approx(
+        [h['val_loss'] for h in b.history if h.get('val_loss') and h['step'] > 0], rel=1e-6, abs=0)
 
 
 @pytest.mark.parametrize('objective', ['clm', 'mlm'])
