@@ -43,8 +43,8 @@ def _plan_budget(a):
     "`stackwise plan --days 7`: what the time trains (the planner in reverse)."
     from stackwise.train import budget
     seconds = 86400 * (a.days or 0) + 3600 * (a.hours or 0)
-    gpu = 'h200' if a.gpu == 'cpu' else a.gpu
     if a.gpu == 'cpu': raise StackwiseError('--days / --hours plan for a GPU (h100, h200, a100): a CPU has no datasheet peak')
+    gpu = a.gpu
     horizons = {f'{a.days:g} days' if a.days and not a.hours else f'{seconds / 3600:g} hours': seconds}
     if seconds in budget.HORIZONS.values(): horizons = {}  # --days 7 is the week already listed
     t = budget.horizon_table(gpu, a.mfu, a.gpus, {**budget.HORIZONS, **horizons}, a.config or 'decoder/llama_family/70b', seq_len=a.seq_len, batch_size=a.batch_size)

@@ -77,9 +77,9 @@ def export_hf(rack:Rack, # a GPT-2 / LLaMA Rack or an encoder EncoderRack
     ids = torch.randint(0, rack.cfg.vocab_size, (2, min(16, rack.cfg.max_seq_len)), generator=g)
     was = rack.training; rack.eval()
     with torch.no_grad():
-        ours, theirs = rack(ids), back(input_ids=ids)
-        theirs = getattr(theirs, 'logits', None) if getattr(theirs, 'logits', None) is not None else theirs.last_hidden_state
-        diff = (ours.float() - theirs.float()).abs().max().item()
+        out = back(input_ids=ids)
+        theirs = out.logits if getattr(out, 'logits', None) is not None else out.last_hidden_state
+        diff = (rack(ids).float() - theirs.float()).abs().max().item()
     rack.train(was)
     if not diff <= atol: raise StackwiseError(f'the exported {type(back).__name__} gives logits {diff:.2e} from the Rack (> {atol:g}): a conversion bug')
     return dict(folder=folder, hf_class=type(back).__name__, auto_class=_auto_class(hf).__name__, max_abs_diff=diff,
