@@ -230,6 +230,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                         'stackwise/bench/studies.py'),
                                          'stackwise.bench.studies.compare_models': ( 'bench.studies.html#compare_models',
                                                                                      'stackwise/bench/studies.py'),
+                                         'stackwise.bench.studies.first_chars': ( 'bench.studies.html#first_chars',
+                                                                                  'stackwise/bench/studies.py'),
                                          'stackwise.bench.studies.llama_ffn': ( 'bench.studies.html#llama_ffn',
                                                                                 'stackwise/bench/studies.py'),
                                          'stackwise.bench.studies.match_parameters': ( 'bench.studies.html#match_parameters',

@@ -22,7 +22,7 @@ from ..runs import read_config
 
 # %% auto #0
 __all__ = ['study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config', 'match_parameters',
-           'build_study_model', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves',
+           'build_study_model', 'first_chars', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves',
            'plot_seed_bars', 'study_header', 'compare_models', 'named_verdict', 'tests_table', 'study_page']
 
 # %% ../../nbs/54_bench.studies.ipynb #8168853f
@@ -118,6 +118,18 @@ def build_study_model(kind:str, # bdh | gpt2 | llama (a Rack of `config`) | back
     if kind in ('gpt2', 'llama'): return Rack(ModelConfig(**config))
     raise StackwiseError(f'unknown model kind {kind!r}: use bdh, gpt2, llama, backpack or standard')
 
+# %% ../../nbs/54_bench.studies.ipynb #47219e72
+def first_chars(docs:list[str], # a corpus's documents, in order
+                n:int, # characters to keep
+               ) -> list[str]:
+    "The corpus's first `n` characters: whole documents while they fit, then the start of the next one (a smaller training set, the rest untouched)."
+    if n < 1: raise StackwiseError(f'train_chars must be a positive number of characters, got {n!r}')
+    out, left = [], n
+    for d in docs:
+        if left <= 0: break
+        out.append(d[:left]); left -= len(out[-1])
+    return out
+
 # %% ../../nbs/54_bench.studies.ipynb #609bb6f2
 def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (TrainConfig fields), `run_dir`
                     base:float|None=None, # the process's resident MiB before its first run (None: now)
@@ -135,6 +147,7 @@ def train_study_run(spec:dict, # model, data, tokenizer, batch and `train` (Trai
     torch.set_num_threads(spec.get('threads', 1))
     base = rss_mb() if base is None else base
     texts = lm_texts(spec['data'], spec.get('data_root'), val_fraction=spec.get('val_fraction', 0.1))
+    if spec.get('train_chars'): texts = dict(texts, train=first_chars(texts['train'], spec['train_chars']))
     tok = study_tokenizer(spec.get('tokenizer', 'bytes'), texts['train'])
     T, B, seed = spec['seq_len'], spec['batch_size'], spec.get('seed', 0)
     ids = {s: np.asarray(packed_corpus(texts[s], tok, progress=False)) for s in ('train', 'val')}
