@@ -121,3 +121,20 @@ def test_scaling_explicit_shapes_kaplan_lr_and_the_fit_with_an_irreducible_loss(
     assert steps.N.is_monotonic_increasing and len(steps) == 4
     cfg = (path/'config.yaml').read_text()
     assert 'lr_rule: kaplan' in cfg and "shapes: 1x16,1x32,2x32,2x48" in cfg
+
+
+def test_depth_time_plan_finetune_scores_every_plan_downstream(tmp_path):
+    "plan_finetune fine-tunes every plan's model on a task (here a local SST-2 of 48 rows) and judges its dev score against e2e's at the same seeds."
+    data = tmp_path/'data'/'sst2'; data.mkdir(parents=True)
+    rows = [(f'{w} film {i}', int(w == 'good')) for i in range(24) for w in ('good', 'bad')]
+    for split in ('train', 'dev'): (data/f'{split}.tsv').write_text('sentence\tlabel\n' + ''.join(f'{s}\t{l}\n' for s, l in rows))
+    res = tmp_path/'results'
+    r = run_cmd([exe('stackwise'), 'experiment', '--results', str(res), 'depth_time', 'plans=e2e:left2right,layerwise:left2right', 'seeds=0,1',
+                 'every_seed=true', 'objective=clm', 'data=synthetic', f'data_root={tmp_path/"data"}', 'e2e_steps=4', 'eval_every=2', 'eval_batches=1',
+                 "causal_plan=''", "plan_eval_tasks=''", 'plan_finetune=sst2', 'finetune_steps=3'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    (path,) = runs.list_runs('depth_time', res)
+    m = json.loads((path/'metrics.json').read_text())
+    v = m['verdicts']['layerwise:left2right']
+    assert 0 <= v['sst2_ft_accuracy'] <= 1 and 0 <= v['sst2_ft_accuracy_e2e'] <= 1 and 'sst2_ft_accuracy_verdict' in v
+    assert 'sst2_ft_accuracy' in m['plans']['e2e:left2right']

@@ -25,12 +25,21 @@ __all__ = ['run_spec', 'run_fresh', 'slim_history', 'plot_memory', 'plot_val_vs_
 
 # %% ../../nbs/56_bench.depth_study.ipynb #ac5fc72d
 def _downstream(model, tok, ev:dict, root=None) -> dict:
-    "Scores of the trained model on `ev['tasks']` through the evaluation harness (first `ev['limit']` rows); a task whose data are missing gets its error."
+    "Scores of the trained model on `ev['tasks']` through the evaluation harness (first `ev['limit']` rows), then fine-tuned on each of `ev['finetune']` (as `<task>_ft`; the model is changed); a task whose data are missing gets its error."
+    import tempfile
     from stackwise.eval.harness import evaluate_task
+    from stackwise.eval.finetune import finetune
     out = {}
     for task in ev.get('tasks', []):
         try: out[task] = evaluate_task(model, tok, task, limit=ev.get('limit'), root=root, progress=False)
         except StackwiseError as e: out[task] = dict(error=str(e).splitlines()[0])
+    for task in ev.get('finetune', []):  # last: fine-tuning trains the backbone too
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                r = finetune(model, task, steps=ev.get('finetune_steps', 300), batch_size=ev.get('finetune_batch', 32), lr=ev.get('finetune_lr', 1e-3),
+                             max_len=ev.get('max_len', 128), tokenizer=tok, root=root, results=tmp, seed=ev.get('seed', 0), progress=False)
+                out[f'{task}_ft'] = {k: v for k, v in r.items() if isinstance(v, (int, float, str)) and k not in ('run', 'path', 'data')}
+            except StackwiseError as e: out[f'{task}_ft'] = dict(error=str(e).splitlines()[0])
     return out
 
 def run_spec(spec:dict) -> dict:
@@ -125,7 +134,7 @@ def plot_comparison(table, # rows: plan, val_loss, tokens_per_s, net_mb, train_s
 def verdict_table(metrics:list[dict], # metrics.json of depth_time runs with `verdicts` (runs without them are skipped)
                   reference_steps:int=2000, # the budget called 1x (nanoGPT's 2000 steps)
                  ) -> 'pd.DataFrame':
-    "One row per plan and budget: seeds, mean val loss, the excess over e2e with its interval, the verdict, time, memory and where the FLOPs went."
+    "One row per plan and budget (where several runs judged a plan at one budget, the last of `metrics`): seeds, mean val loss, the excess over e2e with its interval, the verdict, time, memory and where the FLOPs went."
     import pandas as pd
     rows = []
     for m in metrics:
@@ -133,7 +142,9 @@ def verdict_table(metrics:list[dict], # metrics.json of depth_time runs with `ve
             rows.append(dict(plan=plan, e2e_steps=m['e2e_steps'], budget_x=m['e2e_steps'] / reference_steps, objective=m.get('objective'),
                              budget_flops=m.get('budget_flops'), **v))
     cols = ['plan', 'budget_x', 'e2e_steps', 'seeds', 'val_loss', 'excess', 'excess_lo', 'excess_hi', 'verdict']
-    return pd.DataFrame(rows).sort_values(['budget_x', 'plan'], kind='stable').reset_index(drop=True) if rows else pd.DataFrame(columns=cols)
+    if not rows: return pd.DataFrame(columns=cols)
+    t = pd.DataFrame(rows).drop_duplicates(['plan', 'e2e_steps'], keep='last')  # a later run (e.g. more plans with `reuse`) replaces an earlier verdict
+    return t.sort_values(['budget_x', 'plan'], kind='stable').reset_index(drop=True)
 
 def plot_verdicts(table, # `verdict_table`
                   title:str=''):

@@ -118,7 +118,7 @@ def build_study_model(kind:str, # bdh | gpt2 | llama (a Rack of `config`) | back
     if kind in ('gpt2', 'llama'): return Rack(ModelConfig(**config))
     raise StackwiseError(f'unknown model kind {kind!r}: use bdh, gpt2, llama, backpack or standard')
 
-# %% ../../nbs/54_bench.studies.ipynb #47219e72
+# %% ../../nbs/54_bench.studies.ipynb #0353f0df
 def first_chars(docs:list[str], # a corpus's documents, in order
                 n:int, # characters to keep
                ) -> list[str]:

@@ -20,9 +20,10 @@ from ..core import project_root, read_json
 from ..runs import list_runs, read_config, run_status
 
 # %% auto #0
-__all__ = ['QUESTIONS', 'DEPTH_BUDGETS', 'DEPTH_RECIPE', 'Finding', 'page_title', 'complete_runs', 'latest_run', 'Question',
-           'question', 'finding', 'not_measured', 'findings', 'fmt_count', 'fmt_interval', 'small_figure', 'log_axis',
-           'nanogpt', 'curated_depth', 'depth_time', 'scaling', 'llama70b', 'bdh', 'backpack', 'dtype_matrix']
+__all__ = ['QUESTIONS', 'DEPTH_BUDGETS', 'DEPTH_RECIPE', 'DEPTH_CORE', 'Finding', 'page_title', 'complete_runs', 'latest_run',
+           'Question', 'question', 'finding', 'not_measured', 'findings', 'fmt_count', 'fmt_interval', 'small_figure',
+           'log_axis', 'nanogpt', 'curated_depth', 'depth_time', 'with_finetune', 'downstream', 'scaling', 'llama70b',
+           'bdh', 'backpack', 'dtype_matrix']
 
 # %% ../../nbs/62_report.findings.ipynb #2d547fa6
 @dataclass
@@ -210,6 +211,8 @@ DEPTH_BUDGETS = (1000, 2000, 8000)  # e2e steps whose FLOPs the curated runs spe
 DEPTH_RECIPE = ('stackwise experiment depth_time every_seed=True objective=clm d_model=128 positions=learned bias=False seq_len=64 '
                 'batch_size=12 lr=1e-3 warmup_steps=100 beta2=0.99 eval_every=500 eval_batches=145 seeds=0,1,2')
 
+DEPTH_CORE = ('layerwise:left2right', 'progressive:left2right', 'progressive:right2left', 'stackwise:right2left', 'fusion:left2right')  # the front page's plans (every plan is on the depth page)
+
 def curated_depth(m:dict, c:dict) -> bool:
     "A CLM depth_time run the findings read per budget: every plan at every seed, d_model 128 or more, with its verdicts (mask diffusion is on the depth page)."
     return (bool(m.get('every_seed')) and int(c.get('d_model', 0)) >= 128 and bool(m.get('verdicts'))
@@ -237,11 +240,14 @@ def _forest(ax, rows:pd.DataFrame, group:str):
 @question('depth_time', 'depth_time', 'Does depth-as-time training match end-to-end training at equal FLOPs?', 'report/41_depth_study.ipynb',
           f'{DEPTH_RECIPE} e2e_steps=2000', where=lambda m, c: bool(m.get('verdicts') or m.get('headline')))
 def depth_time(q, run, m, c):
-    by = {}
-    for p, rm, rc in complete_runs('depth_time', curated_depth, run.parent.parent): by.setdefault(_e2e_steps(rm, rc), (p, rm, rc))
-    if not by: return _depth_headline(q, run, m, c)
+    by, verdicts = {}, {}
+    for p, rm, rc in complete_runs('depth_time', curated_depth, run.parent.parent):  # newest first: per budget and plan, the latest verdict
+        b = _e2e_steps(rm, rc); by.setdefault(b, (p, rm, rc))
+        for plan, v in rm['verdicts'].items():
+            if plan in DEPTH_CORE and 'verdict' in v: verdicts.setdefault(b, {}).setdefault(plan, v)
+    if not verdicts: return _depth_headline(q, run, m, c)
     rows = pd.DataFrame([dict(budget=f'{b} steps', plan=p, excess=v['excess'], excess_lo=v.get('excess_lo', np.nan), excess_hi=v.get('excess_hi', np.nan), verdict=v['verdict'])
-                         for b, (_, rm, _) in sorted(by.items()) for p, v in rm['verdicts'].items() if 'verdict' in v])
+                         for b, vs in sorted(verdicts.items()) for p, v in sorted(vs.items(), key=lambda kv: DEPTH_CORE.index(kv[0]))])
     parts = [f"{b}: " + ', '.join(f"{r.plan} {r.verdict} ({fmt_interval(r.excess, r.excess_lo, r.excess_hi)})" for r in d.itertuples())
              for b, d in rows.groupby('budget', sort=False)]
     missing = [b for b in DEPTH_BUDGETS if b not in by]
@@ -268,6 +274,29 @@ def _depth_headline(q, run, m, c):
                 f"against e2e's over {v['n']} paired seeds (95% interval): {v['verdict']}. Every plan at every seed at d_model 128 over the budgets of "
                 f"{'/'.join(map(str, DEPTH_BUDGETS))} e2e steps: not yet measured: `{DEPTH_RECIPE} e2e_steps=2000`.")
     return q.found(run, f"{v['verdict']} (one plan, small scale)", sentence, _depth_scale(m, c, str(_e2e_steps(m, c))), fig)
+
+# %% ../../nbs/62_report.findings.ipynb #7ebc724c
+def _ft_metric(v:dict) -> str|None:
+    "The fine-tuned downstream figure a plan's verdict carries (`<task>_ft_<metric>`), if any."
+    return next((k[:-len('_verdict')] for k in v if k.endswith('_verdict') and '_ft_' in k), None)
+
+def with_finetune(m:dict, c:dict) -> bool:
+    "A depth_time run whose plans were fine-tuned downstream (`plan_finetune`), every plan at every seed."
+    return bool(m.get('every_seed')) and any(_ft_metric(v) for v in (m.get('verdicts') or {}).values())
+
+@question('downstream', 'depth_time', "Seed 000: do depth-as-time plans keep e2e's downstream score at equal FLOPs (fine-tuned on a task)?",
+          'report/41_depth_study.ipynb', f'{DEPTH_RECIPE} e2e_steps=2000 plan_finetune=sst2', where=with_finetune)
+def downstream(q, run, m, c):
+    rows = pd.DataFrame([dict(plan=p, metric=k, score=v[k], e2e=v[f'{k}_e2e'], excess=v[f'{k}_excess'], excess_lo=v.get(f'{k}_excess_lo', np.nan),
+                              excess_hi=v.get(f'{k}_excess_hi', np.nan), verdict=v[f'{k}_verdict'])
+                         for p, v in m['verdicts'].items() if (k := _ft_metric(v))])
+    task, metric = rows.metric.iloc[0].split('_ft_')
+    sentence = (f"{task} dev {metric} after each plan's model is fine-tuned ({c.get('finetune_steps', '?')} steps), against e2e's at the same seeds "
+                f"(e2e's score above the plan's, 95% paired interval): " +
+                '; '.join(f"{r.plan} {r.score:.3f} vs {r.e2e:.3f}, {r.verdict} ({fmt_interval(r.excess, r.excess_lo, r.excess_hi)})" for r in rows.itertuples()) + '.')
+    fig, ax = small_figure(); _forest(ax, rows.assign(task=task), 'task'); ax.set_xlabel(f"e2e's {metric} above the plan's (%, 95% CI)")
+    counts = rows.verdict.map(lambda s: s.split(' (')[0]).value_counts()
+    return q.found(run, ', '.join(f'{n} {v}' for v, n in counts.items()), sentence, _depth_scale(m, c, str(_e2e_steps(m, c))), fig)
 
 # %% ../../nbs/62_report.findings.ipynb #422d9826
 @question('scaling', 'scaling', 'How fast does validation loss fall with parameters (α_N), beside Kaplan et al.?', 'report/45_scaling.ipynb',
