@@ -275,7 +275,7 @@ def _depth_headline(q, run, m, c):
                 f"{'/'.join(map(str, DEPTH_BUDGETS))} e2e steps: not yet measured: `{DEPTH_RECIPE} e2e_steps=2000`.")
     return q.found(run, f"{v['verdict']} (one plan, small scale)", sentence, _depth_scale(m, c, str(_e2e_steps(m, c))), fig)
 
-# %% ../../nbs/62_report.findings.ipynb #7ebc724c
+# %% ../../nbs/62_report.findings.ipynb #14d409bb
 def _ft_metric(v:dict) -> str|None:
     "The fine-tuned downstream figure a plan's verdict carries (`<task>_ft_<metric>`), if any."
     return next((k[:-len('_verdict')] for k in v if k.endswith('_verdict') and '_ft_' in k), None)
@@ -385,8 +385,13 @@ def bdh(q, run, m, c):
     if not c.get('full_shape'):
         seed = next(s['parameters'] for s in m['seed001_shapes'] if s['model'] == 'bdh')
         sentence += f" At seed 001's {fmt_count(seed)} parameters: not yet measured: `stackwise experiment bdh full_shape=True`."
+    stops = [r for r in m['runs'] if r.get('stopped_early')]
+    if stops: sentence += (f" Validation turned in {len(stops)} of {len(m['runs'])} runs (early stopping); best steps: " +
+                           ', '.join(f"{k} {v['best_step_mean']:.0f}" for k, v in m['models'].items()) + '.')
     scale = (f"{shape['n_layers']} layers, BDH d_model {shape['d_model']} with {int(shape['n_neurons']):,} neurons, {fmt_count(shape['parameters'])} params "
-             f"(baselines solved for the same count), {c['steps']} steps of {c['batch_size']}x{c['seq_len']} bytes, {len(m['seeds'])} seeds")
+             f"(baselines solved for the same count), up to {c['steps']} steps of {c['batch_size']}x{c['seq_len']} bytes" +
+             (f" on the first {int(c['train_chars']):,} training bytes ({shape['parameters'] / int(c['train_chars']):.0f} params per byte)" if c.get('train_chars') else '') +
+             f", {len(m['seeds'])} seeds")
     return q.found(run, ', '.join(map(_against, tests)), sentence, scale, _seed_points(m['runs'], 'val_bpb', 'val bits/byte'))
 
 @question('backpack', 'backpack', "Seed 002: do a Backpack's sense vectors lower the validation loss of the same transformer without them?",
