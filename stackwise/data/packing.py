@@ -202,8 +202,9 @@ def lm_blocks(data:str, # a registry LM corpus or "synthetic"
     from stackwise.data.sources import lm_texts
     t = lm_texts(data, root, split='train', val_split=None if data == 'synthetic' else validation_split(data, root),
                  val_fraction=val_fraction, seed=seed, fallback=False)
-    if isinstance(tokenizer, str): tokenizer = get_tokenizer(tokenizer, texts=t['train'] + t['val'])
-    elif not isinstance(tokenizer, Tokenizer): tokenizer = tokenizer(t['train'] + t['val'])
+    texts = [*t['train'], *t['val']]  # lists (the synthetic language's are dataset columns)
+    if isinstance(tokenizer, str): tokenizer = get_tokenizer(tokenizer, texts=texts)
+    elif not isinstance(tokenizer, Tokenizer): tokenizer = tokenizer(texts)
     if validate and not any(t['val']): raise StackwiseError(f'{data} has no validation text ({t["source"]}): pass val_fraction > 0, or validate=False')
     blocks = lambda texts: TokenBlocks(packed_corpus(texts, tokenizer, progress=False), seq_len)
     train, val = blocks(t['train']), blocks(t['val']) if validate else None
