@@ -58,6 +58,7 @@ class ModelConfig:
     mla_rope_interleaved: bool = False  # MLA: the rope dims rotate in adjacent pairs (2k, 2k+1), as DeepSeek's checkpoints (transformers' rope_interleave)
     mla_norm_eps: float|None = None  # MLA: eps of the query/KV latent RMSNorms (None: norm_eps; DeepSeek-V2/V3 fix 1e-6)
     rope_scaling: dict|None = None  # YaRN context extension: {type: yarn, factor, original_max_seq_len, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 0}
+    attn_scale_by_layer: bool = False  # layer i's attention scores also divided by i + 1 (GPT-2's scale_attn_by_inverse_layer_idx; Hewitt et al.'s Backpack)
     feature_map: str = 'elu1'  # linear attention's phi: elu1 (elu(x) + 1) | relu
     local_window: int|None = None  # sliding window of local layers (None: every layer global); causal: the last `local_window` tokens, bidirectional: `local_window // 2` each side
     global_every: int = 1  # layers 0, n, 2n, ... are global, the others local (ModernBERT: 3, with local_window 128)
@@ -126,6 +127,7 @@ class ModelConfig:
             if self.local_window < 1: bad('local_window', f'must be positive (or None for all-global attention), got {self.local_window}')
             if self.attention == 'linear': bad('local_window', "has no meaning for linear attention, which keeps no score matrix to mask; leave it unset or use attention=mha/mla")
         if self.global_every < 1: bad('global_every', f'must be >= 1 (1: every layer global), got {self.global_every}')
+        if self.attn_scale_by_layer and self.attention != 'mha': bad('attn_scale_by_layer', f"scales softmax attention (attention: mha), not {self.attention!r}")
 
 # %% ../nbs/03_config.ipynb #77e5d535
 def _configs_dir() -> Path: return Path(str(files('stackwise')/'configs'))

@@ -182,6 +182,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim, self.layer = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, layer
         self.causal, self.dropout = cfg.causal, cfg.dropout
+        self.scale = cfg.head_dim**-0.5 / (layer + 1) if cfg.attn_scale_by_layer else None  # None: attend's 1/sqrt(head_dim)
         self.window = cfg.layer_window(layer)  # None: global layer
         self.qkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.bias)
         self.out = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.bias)
@@ -197,5 +198,5 @@ class Attention(nn.Module):
         if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None: k, v = cache.update(self.layer, k, v)
         mask = attention_mask(T, k.shape[-2], self.causal, self.window, key_mask, x.device)
-        y = attend(q, k, v, mask, self.causal, self.dropout if self.training else 0.0)
+        y = attend(q, k, v, mask, self.causal, self.dropout if self.training else 0.0, self.scale)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))

@@ -5,6 +5,7 @@
 # %% ../../nbs/28_models.backpack.ipynb #2a46d738
 from __future__ import annotations
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import pandas as pd
@@ -21,7 +22,8 @@ from ..train.losses import token_loss
 
 # %% auto #0
 __all__ = ['BackpackConfig', 'backpack_europarl', 'backpack_tiny', 'StandardTransformerLM', 'BackpackLM', 'overfit_losses',
-           'sense_top_tokens']
+           'sense_top_tokens', 'HewittBackpackConfig', 'hewitt_backpack_small', 'HewittSenseNetwork',
+           'HewittBackpackLM', 'hewitt_from_reference', 'load_hewitt_backpack']
 
 # %% ../../nbs/28_models.backpack.ipynb #80a36ad6
 @dataclass
@@ -161,3 +163,123 @@ def sense_top_tokens(model:BackpackLM, token:int, # a vocabulary id
         rows.append(dict(sense=l, tokens=[decode(i) if decode else i for i in ids],
                          scores=[round(float(scores[l, i]), 4) for i in ids]))
     return pd.DataFrame(rows)
+
+# %% ../../nbs/28_models.backpack.ipynb #895000ae
+@dataclass
+class HewittBackpackConfig(ModelConfig):
+    "Hewitt et al.'s Backpack: a GPT-2 `ModelConfig` (the contextualization network) plus the sense network's shape."
+    n_senses: int = 16  # sense vectors per token; also the number of sense-weight heads
+    sense_ffn_scale: int = 4  # the sense network's last MLP: d_model -> scale x d_model -> n_senses x d_model
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_senses < 1 or self.d_model % self.n_senses:
+            raise StackwiseError(f'invalid config: n_senses ({self.n_senses}) must be positive and divide d_model ({self.d_model})')
+        if self.positions != 'learned' or self.norm != 'layernorm' or not self.bias or not self.tie_embeddings:
+            raise StackwiseError("invalid config: Hewitt's Backpack is GPT-2-shaped: learned positions, layernorm, biases and a tied head")
+
+def hewitt_backpack_small(**overrides) -> HewittBackpackConfig:
+    "`stanfordnlp/backpack-gpt2`'s shape: GPT-2 small (12 layers, 12 heads, d 768) over its 50,264-token vocabulary, 512 positions, 16 senses."
+    return HewittBackpackConfig(**{**dict(vocab_size=50_264, d_model=768, n_layers=12, n_heads=12, max_seq_len=512, n_senses=16, sense_ffn_scale=4,
+                                          mlp='gelu_tanh', norm='layernorm', bias=True, positions='learned', tie_embeddings=True,
+                                          attn_scale_by_layer=True, dropout=0.1, family='backpack_hewitt',
+                                          source='Hewitt et al. 2023, stanfordnlp/backpack-gpt2 (config.json)'), **overrides})
+
+def _ffn(d_in:int, d_mid:int, d_out:int, dropout:float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_mid), nn.GELU(approximate='tanh'), nn.Linear(d_mid, d_out), nn.Dropout(dropout))
+
+class HewittSenseNetwork(nn.Module):
+    "Sense vectors from a word embedding: LayerNorm, a residual GELU MLP between LayerNorms, then an MLP to `n_senses` vectors."
+    def __init__(self, cfg:HewittBackpackConfig):
+        super().__init__()
+        d, self.n_senses = cfg.d_model, cfg.n_senses
+        self.drop = nn.Dropout(cfg.dropout)
+        self.norm_in, self.norm1, self.norm2 = (nn.LayerNorm(d, eps=cfg.norm_eps) for _ in range(3))
+        self.mlp, self.out = _ffn(d, 4 * d, d, cfg.dropout), _ffn(d, cfg.sense_ffn_scale * d, cfg.n_senses * d, cfg.dropout)
+
+    def forward(self, emb): # [B, T, d] word embeddings
+        r = self.drop(emb)
+        r = self.drop(self.norm_in(r)) + r  # the residual stream takes the normed input added to the input
+        r = self.drop(self.mlp(self.norm1(r))) + r
+        s = self.out(self.norm2(r))  # [B, T, n_senses * d]
+        B, T, _ = s.shape
+        return s.view(B, T, self.n_senses, -1).transpose(1, 2)  # [B, n_senses, T, d]
+
+class HewittBackpackLM(nn.Module):
+    "Hewitt et al.'s Backpack: logits of the sum over senses of causal, per-sense weights times each context token's computed senses."
+    def __init__(self, cfg:HewittBackpackConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.rack = Rack(ModelConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)}))  # the contextualization network
+        self.senses = HewittSenseNetwork(cfg)
+        self.sense_keys = nn.Linear(cfg.d_model, 2 * cfg.d_model)  # a query and a key of d_model / n_senses per sense
+        _init_weights(self.senses, cfg); _init_weights(self.sense_keys, cfg)
+
+    def sense_weights(self, idx): # [B, T] token ids
+        "Per sense, how much each position takes from each earlier one: [B, n_senses, T, T], causal rows summing to 1."
+        h = self.rack.hidden(idx)
+        B, T, d = h.shape
+        q, k = self.sense_keys(h).view(B, T, 2, self.cfg.n_senses, d // self.cfg.n_senses).unbind(2)
+        scores = torch.einsum('bthd,bshd->bhts', q, k) / math.sqrt(d // self.cfg.n_senses)
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=idx.device).triu(1), float('-inf'))
+        return scores.softmax(-1)
+
+    def forward(self, idx, # [B, T] token ids
+                targets=None): # [B, T] next-token ids (None: logits only)
+        senses = self.senses(self.rack.tok_emb(idx))  # [B, n_senses, T, d]
+        out = (self.sense_weights(idx) @ senses).sum(1)  # [B, T, d]
+        logits = F.linear(out, self.rack.tok_emb.weight)  # the head is the word embedding
+        return logits, (token_loss(logits, targets) if targets is not None else None)
+
+# %% ../../nbs/28_models.backpack.ipynb #1f5f4913
+def _hewitt_map(cfg:HewittBackpackConfig) -> list:
+    "(ours, theirs, transpose) for every tensor: the Rack's through GPT-2's map, then the sense and key networks."
+    from stackwise.models.families import _gpt2_map
+    m = [(f'rack.{ours}', theirs[0].replace('transformer.', 'backpack.gpt2_model.', 1), tr) for ours, theirs, _, tr in _gpt2_map(cfg)]
+    for ours, theirs, tr in (('norm_in', 'ln', False), ('norm1', 'block.ln_1', False), ('norm2', 'block.ln_2', False), ('mlp.0', 'block.mlp.c_fc', True),
+                             ('mlp.2', 'block.mlp.c_proj', True), ('out.0', 'final_mlp.c_fc', True), ('out.2', 'final_mlp.c_proj', True)):
+        m += [(f'senses.{ours}.weight', f'backpack.sense_network.{theirs}.weight', tr), (f'senses.{ours}.bias', f'backpack.sense_network.{theirs}.bias', False)]
+    return m + [('sense_keys.weight', 'backpack.sense_weight_net.c_attn.weight', False), ('sense_keys.bias', 'backpack.sense_weight_net.c_attn.bias', False)]
+
+def hewitt_from_reference(sd:dict, # a BackpackGPT2LMHeadModel state dict (tensors by the reference's names)
+                          cfg:HewittBackpackConfig) -> HewittBackpackLM:
+    "A `HewittBackpackLM` holding the reference checkpoint's weights (every tensor used, shapes checked)."
+    model = HewittBackpackLM(cfg)
+    own = model.state_dict()
+    new, missing = {}, []
+    for ours, theirs, tr in _hewitt_map(cfg):
+        if theirs not in sd: missing.append(theirs); continue
+        t = sd[theirs].t() if tr else sd[theirs]
+        if tuple(t.shape) != tuple(own[ours].shape):
+            raise StackwiseError(f'{theirs} has shape {tuple(sd[theirs].shape)}, the config wants {tuple(own[ours].shape)}{" (transposed)" if tr else ""}: the config does not match the checkpoint')
+        new[ours] = t.contiguous()
+    if missing: raise StackwiseError(f'the checkpoint lacks {missing[:3]}{" ..." if len(missing) > 3 else ""}: not a BackpackGPT2LMHeadModel state dict')
+    left = model.load_state_dict(new, strict=False)
+    if set(left.missing_keys) - {'rack.lm_head.weight'}: raise StackwiseError(f'no reference tensor for {sorted(set(left.missing_keys) - {"rack.lm_head.weight"})[:3]}')
+    return model  # the head is the word embedding, loaded with it
+
+def load_hewitt_backpack(model:str='stanfordnlp/backpack-gpt2', # a hub id or a local folder (config.json and the weights)
+                         revision:str|None=None, # a commit, for a hub id
+                        ) -> HewittBackpackLM:
+    "Hewitt et al.'s published Backpack as a `HewittBackpackLM` (no remote code runs): config.json read into the config, the weights mapped."
+    import json
+    from pathlib import Path
+    folder = Path(model)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+        try: folder = Path(snapshot_download(model, revision=revision, allow_patterns=['config.json', '*.safetensors', '*.bin']))
+        except Exception as e:
+            raise StackwiseError(f'could not fetch {model!r} ({type(e).__name__}: {str(e).splitlines()[0][:120]}): offline, pass a local folder with config.json and its weights') from None
+    hc = json.loads((folder/'config.json').read_text())
+    cfg = hewitt_backpack_small(vocab_size=hc['vocab_size'], d_model=hc['n_embd'], n_layers=hc['n_layer'], n_heads=hc['n_head'], max_seq_len=hc['n_positions'],
+                                n_senses=hc['num_senses'], sense_ffn_scale=hc['sense_intermediate_scale'], norm_eps=hc['layer_norm_epsilon'],
+                                attn_scale_by_layer=hc.get('scale_attn_by_inverse_layer_idx', True), dropout=0.0, source=f'{model} (config.json)')
+    files = sorted(folder.glob('*.safetensors'))
+    if files:
+        from safetensors.torch import load_file
+        sd = {k: v for f in files for k, v in load_file(str(f)).items()}
+    else:
+        files = sorted(folder.glob('*.bin'))
+        if not files: raise StackwiseError(f'{folder} holds no *.safetensors or *.bin weights')
+        sd = {k: v for f in files for k, v in torch.load(f, map_location='cpu', weights_only=True).items()}
+    return hewitt_from_reference(sd, cfg)

@@ -46,7 +46,8 @@ def _gpt2_config(hc) -> ModelConfig:
     if act is None: raise StackwiseError(f'GPT-2 activation {hc.activation_function!r} has no stackwise equivalent')
     return ModelConfig(family='gpt2', vocab_size=hc.vocab_size, d_model=hc.n_embd, n_layers=hc.n_layer, n_heads=hc.n_head,
                        d_ff=hc.n_inner or 4 * hc.n_embd, max_seq_len=hc.n_positions, norm_eps=hc.layer_norm_epsilon, mlp=act,
-                       dropout=hc.resid_pdrop, tie_embeddings=hc.tie_word_embeddings, source='converted from HF GPT-2')
+                       dropout=hc.resid_pdrop, tie_embeddings=hc.tie_word_embeddings, attn_scale_by_layer=bool(getattr(hc, 'scale_attn_by_inverse_layer_idx', False)),
+                       source='converted from HF GPT-2')
 
 def _gpt2_hf_config(cfg:ModelConfig):
     from transformers import GPT2Config
@@ -56,7 +57,7 @@ def _gpt2_hf_config(cfg:ModelConfig):
     return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layers,
                       n_head=cfg.n_heads, n_inner=cfg.d_ff, activation_function=act, layer_norm_epsilon=cfg.norm_eps,
                       resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-                      tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None)
+                      tie_word_embeddings=cfg.tie_embeddings, scale_attn_by_inverse_layer_idx=cfg.attn_scale_by_layer, bos_token_id=None, eos_token_id=None)
 
 def _gpt2_map(cfg:ModelConfig) -> list:
     m = [('tok_emb.weight', ['transformer.wte.weight'], None, False), ('pos_emb.weight', ['transformer.wpe.weight'], None, False),
