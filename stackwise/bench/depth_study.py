@@ -146,18 +146,20 @@ def verdict_table(metrics:list[dict], # metrics.json of depth_time runs with `ve
     t = pd.DataFrame(rows).drop_duplicates(['plan', 'e2e_steps'], keep='last')  # a later run (e.g. more plans with `reuse`) replaces an earlier verdict
     return t.sort_values(['budget_x', 'plan'], kind='stable').reset_index(drop=True)
 
-def plot_verdicts(table, # `verdict_table`
-                  title:str=''):
-    "Each plan's excess loss over e2e (%, with its 95% paired interval) against the budget, with the 1% and 2% margins."
+def plot_verdicts(table, # `verdict_table` (with an `x` column of its own for another axis, e.g. layers)
+                  title:str='',
+                  x:str='budget_x', # the column along the axis
+                  xlabel:str="budget (training FLOPs, x the recipe's)"):
+    "Each plan's excess loss over e2e (%, with its 95% paired interval) against the budget (or `x`), with the 1% and 2% margins."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.2, 4.0))
     t = table.dropna(subset=['excess'])
-    budgets = sorted(t.budget_x.unique())
+    budgets = sorted(t[x].unique())
     for i, (plan, d) in enumerate(t.groupby('plan', sort=False)):
-        x = np.array([budgets.index(b) for b in d.budget_x]) + (i - len(t.plan.unique()) / 2) * 0.05
-        ax.errorbar(x, 100 * d.excess, yerr=[100 * (d.excess - d.excess_lo), 100 * (d.excess_hi - d.excess)], fmt='o-', ms=4, capsize=3, label=plan)
+        xs = np.array([budgets.index(b) for b in d[x]]) + (i - len(t.plan.unique()) / 2) * 0.05
+        ax.errorbar(xs, 100 * d.excess, yerr=[100 * (d.excess - d.excess_lo), 100 * (d.excess_hi - d.excess)], fmt='o-', ms=4, capsize=3, label=plan)
     for y, ls in ((0, '-'), (1, ':'), (2, '--')): ax.axhline(y, color='k', lw=0.8, ls=ls)
-    ax.set_xticks(range(len(budgets))); ax.set_xticklabels([f'{b:g}x' for b in budgets])
-    ax.set(xlabel='budget (training FLOPs, x the recipe\'s)', ylabel='val loss above e2e (%)', title=title); ax.grid(alpha=0.3); ax.legend(fontsize=7)
+    ax.set_xticks(range(len(budgets))); ax.set_xticklabels([f'{b:g}x' if x == 'budget_x' else f'{b:g}' for b in budgets])
+    ax.set(xlabel=xlabel, ylabel='val loss above e2e (%)', title=title); ax.grid(alpha=0.3); ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

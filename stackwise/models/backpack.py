@@ -164,7 +164,7 @@ def sense_top_tokens(model:BackpackLM, token:int, # a vocabulary id
                          scores=[round(float(scores[l, i]), 4) for i in ids]))
     return pd.DataFrame(rows)
 
-# %% ../../nbs/28_models.backpack.ipynb #895000ae
+# %% ../../nbs/28_models.backpack.ipynb #429eb7a4
 @dataclass
 class HewittBackpackConfig(ModelConfig):
     "Hewitt et al.'s Backpack: a GPT-2 `ModelConfig` (the contextualization network) plus the sense network's shape."
@@ -231,7 +231,7 @@ class HewittBackpackLM(nn.Module):
         logits = F.linear(out, self.rack.tok_emb.weight)  # the head is the word embedding
         return logits, (token_loss(logits, targets) if targets is not None else None)
 
-# %% ../../nbs/28_models.backpack.ipynb #1f5f4913
+# %% ../../nbs/28_models.backpack.ipynb #3e3518ac
 def _hewitt_map(cfg:HewittBackpackConfig) -> list:
     "(ours, theirs, transpose) for every tensor: the Rack's through GPT-2's map, then the sense and key networks."
     from stackwise.models.families import _gpt2_map
