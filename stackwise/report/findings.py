@@ -20,10 +20,10 @@ from ..core import project_root, read_json
 from ..runs import list_runs, read_config, run_status
 
 # %% auto #0
-__all__ = ['QUESTIONS', 'DEPTH_BUDGETS', 'DEPTH_RECIPE', 'DEPTH_CORE', 'Finding', 'page_title', 'complete_runs', 'latest_run',
-           'Question', 'question', 'finding', 'not_measured', 'findings', 'fmt_count', 'fmt_interval', 'small_figure',
-           'log_axis', 'nanogpt', 'curated_depth', 'depth_time', 'with_finetune', 'downstream', 'scaling', 'llama70b',
-           'bdh', 'backpack', 'dtype_matrix']
+__all__ = ['QUESTIONS', 'DEPTH_BUDGETS', 'DEPTH_RECIPE', 'DEPTH_CORE', 'DEPTH_DEEP', 'Finding', 'page_title', 'complete_runs',
+           'latest_run', 'Question', 'question', 'finding', 'not_measured', 'findings', 'fmt_count', 'fmt_interval',
+           'small_figure', 'log_axis', 'nanogpt', 'curated_depth', 'depth_time', 'with_finetune', 'downstream',
+           'curated_deep', 'depth_layers', 'scaling', 'llama70b', 'bdh', 'backpack', 'dtype_matrix']
 
 # %% ../../nbs/62_report.findings.ipynb #2d547fa6
 @dataclass
@@ -297,6 +297,40 @@ def downstream(q, run, m, c):
     fig, ax = small_figure(); _forest(ax, rows.assign(task=task), 'task'); ax.set_xlabel(f"e2e's {metric} above the plan's (%, 95% CI)")
     counts = rows.verdict.map(lambda s: s.split(' (')[0]).value_counts()
     return q.found(run, ', '.join(f'{n} {v}' for v, n in counts.items()), sentence, _depth_scale(m, c, str(_e2e_steps(m, c))), fig)
+
+# %% ../../nbs/62_report.findings.ipynb #ccc2fcd7
+DEPTH_DEEP = ((8, 96, '4,4'), (12, 80, '6,6'))  # (layers, d_model, stack_sizes) of the curated deeper runs at 1x
+
+def curated_deep(m:dict, c:dict) -> bool:
+    "A CLM depth_time run at 1x with every plan at every seed, deeper than the recipe's 4 layers."
+    return (bool(m.get('every_seed')) and bool(m.get('verdicts')) and m.get('objective', c.get('objective')) == 'clm'
+            and int(c.get('n_layers', 4)) > 4 and _e2e_steps(m, c) == 2000)
+
+def _deep_command(L:int, d:int, stacks:str) -> str: return f"{DEPTH_RECIPE.replace('d_model=128', f'n_layers={L} d_model={d} stack_sizes={stacks}')} e2e_steps=2000"
+
+@question('depth_layers', 'depth_time', 'Does that verdict hold deeper (8 and 12 layers, narrower, at 1x)?', 'report/41_depth_study.ipynb',
+          _deep_command(*DEPTH_DEEP[0]), where=curated_deep)
+def depth_layers(q, run, m, c):
+    by, verdicts = {}, {}
+    at1x = lambda m, c: curated_deep(m, c) or (curated_depth(m, c) and _e2e_steps(m, c) == 2000)
+    for p, rm, rc in complete_runs('depth_time', at1x, run.parent.parent):  # newest first: per depth and plan, the latest verdict
+        L = int(rc.get('n_layers', 4)); by.setdefault(L, (p, rm, rc))
+        for plan, v in rm['verdicts'].items():
+            if plan in DEPTH_CORE and 'verdict' in v: verdicts.setdefault(L, {}).setdefault(plan, v)
+    rows = pd.DataFrame([dict(depth=f'{L} layers', plan=p, excess=v['excess'], excess_lo=v.get('excess_lo', np.nan), excess_hi=v.get('excess_hi', np.nan), verdict=v['verdict'])
+                         for L, vs in sorted(verdicts.items()) for p, v in sorted(vs.items(), key=lambda kv: DEPTH_CORE.index(kv[0]))])
+    parts = [f"{L}: " + ', '.join(f"{r.plan} {r.verdict} ({fmt_interval(r.excess, r.excess_lo, r.excess_hi)})" for r in d.itertuples())
+             for L, d in rows.groupby('depth', sort=False)]
+    missing = [s for s in DEPTH_DEEP if s[0] not in by]
+    sentence = ("At nanoGPT's recipe and 1x (each model's own 2000 e2e steps), validation loss above e2e's at the same seeds (95% paired interval), per depth: " +
+                '; '.join(parts) + '.' + ''.join(f" The {L}-layer model: not yet measured: `{_deep_command(L, d, s)}`." for L, d, s in missing))
+    deepest = rows[rows.depth == rows.depth.iloc[-1]]
+    tally = ', '.join(f'{n} {v}' for v, n in deepest.verdict.map(lambda v: v.split(' (')[0]).value_counts().items())
+    fig, ax = small_figure(); _forest(ax, rows, 'depth')
+    params = lambda rm: next((o['params'] for o in rm.get('overview') or [] if o.get('params')), None)
+    scale = (', '.join(f"{L} layers at d_model {rc['d_model']}" + (f" ({fmt_count(params(rm))} params)" if params(rm) else '') for L, (_, rm, rc) in sorted(by.items())) +
+             f", 2 stacks, {_seeds(c)} seeds, clm objective, Tiny Shakespeare bytes")
+    return q.found(run, f'at {max(by)} layers: {tally}', sentence, scale, fig)
 
 # %% ../../nbs/62_report.findings.ipynb #422d9826
 @question('scaling', 'scaling', 'How fast does validation loss fall with parameters (α_N), beside Kaplan et al.?', 'report/45_scaling.ipynb',
