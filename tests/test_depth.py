@@ -258,3 +258,21 @@ def test_cli_bad_depth_input(tmp_path, capsys, args, message):
     assert main(['train', '--results', str(tmp_path), *args]) == 1
     assert capsys.readouterr().err.startswith(f'stackwise: error: {message}')
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('objective', ['clm', 'diffusion'])
+def test_depth_data_parallel_two_processes_match_one(tmp_path, objective):
+    "Depth-as-time under torchrun --nproc_per_node 2 on CPU (gloo): each process trains on its rows of every batch, the gradients summed; the loss curve is the one-process curve."
+    import random, sys
+    from conftest import exe, run_cmd
+    script, env = str(Path(__file__).parent/'depth_script.py'), dict(PYTHONHASHSEED='0', OMP_NUM_THREADS='1')
+    one, two = tmp_path/'one', tmp_path/'two'
+    r = run_cmd([sys.executable, script, str(one), '--objective', objective], env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cmd([exe('torchrun'), '--nproc_per_node', '2', '--master_port', str(29500 + random.randint(0, 400)), script, str(two),
+                 '--objective', objective], env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = pd.read_csv(one/'metrics.csv'), pd.read_csv(two/'metrics.csv')
+    assert a.step.tolist() == b.step.tolist() and len(a.loss.dropna()) == 8  # two stages of 4 steps
+    assert np.abs(a.loss - b.loss).max() < 1e-5 and np.abs(a.val_loss.fillna(0) - b.val_loss.fillna(0)).max() < 1e-5
+    assert not list(two.glob('*.partial*')) and (two/'metrics.json').exists()

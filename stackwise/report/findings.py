@@ -298,7 +298,7 @@ def downstream(q, run, m, c):
     counts = rows.verdict.map(lambda s: s.split(' (')[0]).value_counts()
     return q.found(run, ', '.join(f'{n} {v}' for v, n in counts.items()), sentence, _depth_scale(m, c, str(_e2e_steps(m, c))), fig)
 
-# %% ../../nbs/62_report.findings.ipynb #ccc2fcd7
+# %% ../../nbs/62_report.findings.ipynb #7fede3e2
 DEPTH_DEEP = ((8, 96, '4,4'), (12, 80, '6,6'))  # (layers, d_model, stack_sizes) of the curated deeper runs at 1x
 
 def curated_deep(m:dict, c:dict) -> bool:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/38_train.depth.ipynb #c74e5666
 from __future__ import annotations
-import dataclasses, time
+import dataclasses, os, time
 from contextlib import ExitStack
 
 import torch
@@ -33,9 +33,25 @@ from .units import DepthModel, block_builder, head_logits, run_blocks, untie_hea
 from ..models.rack import is_meta, materialize_shell
 
 # %% auto #0
-__all__ = ['DepthTrainer']
+__all__ = ['data_parallel', 'DepthTrainer']
 
 # %% ../../nbs/38_train.depth.ipynb #e20b2712
+def data_parallel(device:torch.device) -> tuple[int, int]:
+    "(world size, rank) under torchrun / accelerate launch (the process group joined: gloo on a CPU, nccl on CUDA), else (1, 0)."
+    import torch.distributed as dist
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1: return 1, 0
+    if not dist.is_initialized():
+        if device.type == 'cuda': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return dist.get_world_size(), dist.get_rank()
+
+def _all_sum(*xs:float) -> list[float]:
+    "The sums over the processes of a few numbers (one all-reduce)."
+    import torch.distributed as dist
+    t = torch.tensor(xs, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
 class DepthTrainer:
     "Depth-as-time training of a Rack: stages of units per mode and curriculum, cached activations, frozen units stored small and away."
     def __init__(self, rack:Rack, # a Rack, or `lazy_rack(cfg)` to build each block when its stage comes
@@ -52,12 +68,19 @@ class DepthTrainer:
             raise StackwiseError('the depth-as-time trainer takes its objective and mask token from DepthConfig (objective=..., mask_token_id=...): '
                                  'leave TrainConfig.objective and mask_token_id at their defaults')
         if c.compile: raise StackwiseError('compile=True is not supported by the depth-as-time trainer (its units change every stage): set compile=False')
-        self.rack, self.train_data, self.val_data, self.run, self.on_stage = rack, train_data, val_data, run, on_stage
-        if run is not None and not d.masters:
-            raise StackwiseError('masters=False cannot checkpoint (a checkpoint points at the fp32 unit files): pass run=None and record the figures yourself')
+        if c.fsdp: raise StackwiseError('fsdp shards the end-to-end Trainer; the depth-as-time trainer runs data parallel under torchrun as it is '
+                                        '(every process holds the units, each trains on its rows of every batch): set fsdp=False')
         self.device, self.policy = resolve_device(device), dtype_policy(c.dtype)
+        self.world, self.rank = data_parallel(self.device)  # (1, 0) in one process
+        if self.world > 1 and self.device.type == 'cuda': self.device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
         self.B, self.T = train_data.batch_size, train_data.blocks.seq_len
-        self.shape = (self.B, self.T, rack.cfg.d_model)
+        if self.B % self.world: raise StackwiseError(f'batch size {self.B} does not split over {self.world} processes: use a multiple of {self.world}')
+        self.rack, self.train_data, self.val_data, self.on_stage = rack, train_data, val_data, on_stage
+        self.run = run if self.rank == 0 else None  # one process writes the run folder (the others hold the same weights)
+        if self.run is not None and not d.masters:
+            raise StackwiseError('masters=False cannot checkpoint (a checkpoint points at the fp32 unit files): pass run=None and record the figures yourself')
+        self.shape = (self.B, self.T, rack.cfg.d_model)  # a step's batch, over every process: what the FLOPs and the steps count
+        self.rows = slice(self.rank * self.B // self.world, (self.rank + 1) * self.B // self.world)  # this process's rows of each batch
         self.stages = check_depth(d, rack.cfg, self.B, self.T)
         self.units = unit_blocks(rack.cfg, d.mode, d.k)
         self.bands = noise_bands(len(self.units), d.bands)
@@ -78,12 +101,12 @@ class DepthTrainer:
         for name, child in rack.named_children():
             if name != 'stacks': cast_model(child, self.policy).to(self.device)
         if not is_meta(rack.stacks): cast_model(rack.stacks, self.policy).to(self.device)
-        folder = run.path/'units' if run is not None else None
+        folder = self.run.path/'units' if self.run is not None else None
         self.frozen = FrozenUnits(lambda l: cast_model(self.build(l), self.policy), d.frozen_dtype, d.offload, self.device, folder,
                                   compute_dtype=self.policy.compute_dtype, masters=d.masters)
         self.model = DepthModel(rack, self.units, self.bands, 'chain', set(), d.noise_schedule, d.mask_range, d.mask_token_id, self.frozen)
         self.cache, self._cache_stage, self._val = None, None, None
-        self.step_log = StepLog(run, c)
+        self.step_log = StepLog(self.run, c)
         self.step, self.tokens, self.done = 0, 0, 0
         self.flops = dict(train=0, recompute=0, cache_fill=0)
         self.history, self.summaries, self.checkpoint_s = [], [], 0.0
@@ -124,6 +147,7 @@ def _batch(self:DepthTrainer, slot:int, band, objective:str, seed:int|None=None)
     g = torch.Generator().manual_seed(noise_seed(self.cfg.seed if seed is None else seed, band, slot))
     d = self.depth
     b = noisy_batch(blocks, objective, band, d.noise_schedule, d.mask_range, d.mask_token_id, self.rack.cfg.vocab_size, g)
+    if self.world > 1: b = {k: v[self.rows] if v.dim() and v.shape[0] == self.B else v for k, v in b.items()}  # the noise is the whole batch's: one process sees what it would
     return {k: v.to(self.device) for k, v in b.items()}
 
 @patch
@@ -153,7 +177,7 @@ def _prepare_cache(self:DepthTrainer, st:Stage, objective:str, rope):
     d, b = self.depth, len(st.left)
     if self.cache is not None and d.fresh_batches: self.cache.close(); self.cache = None
     if self.cache is None:
-        self.cache = ActivationCache(self.n_slots, self.shape, d.cache, d.cache_dtype, d.cache_budget, self.device)
+        self.cache = ActivationCache(self.n_slots, (len(range(self.B)[self.rows]), *self.shape[1:]), d.cache, d.cache_dtype, d.cache_budget, self.device)
         with torch.no_grad():
             for slot in range(self.cache.n_cached):
                 self.cache.put(slot, self._embed(self._batch(self._slot0(st) + slot, st.band, objective)['input_ids'], False))
@@ -179,11 +203,18 @@ def _train_step(self:DepthTrainer, st:Stage, objective:str, slots:list[int], rig
                 x = checkpoint(run_blocks, right[j], x, rope, use_reentrant=False) if self.depth.checkpoint_frozen else run_blocks(right[j], x, rope)
             logits = head_logits(self.rack, x)
         loss, s, k = objective_loss(logits, b, objective)
+        if self.world > 1:  # this process's share of the batch's loss: summed over the processes (the gradients too), the one-process loss
+            loss = loss / self.world if objective == 'diffusion' else loss * (k / max(_all_sum(float(k))[0], 1.0))  # diffusion: a mean over a fixed B x T
         mem.append(memory_mb(self.device))
         (scaler.scale(loss / len(slots)) if scaler else loss / len(slots)).backward()
         loss_t += loss.item() / len(slots); ce += s.item(); n += int(k)
         cached = self._cached(st, slot)
         self.flops['train'] += stage_flops(st, self.units, self.fwd, self.B * self.T, cached, self.depth.checkpoint_frozen)['total']
+    if self.world > 1:
+        import torch.distributed as dist
+        for p in params:
+            if p.grad is not None: dist.all_reduce(p.grad)
+        loss_t, ce, n = _all_sum(loss_t, ce, n)
     lr, gnorm = optimizer_step(opt, sched, scaler, params, self.cfg.grad_clip)
     mem.append(memory_mb(self.device))
     return dict(loss=loss_t, ce=ce / max(n, 1), lr=lr, grad_norm=gnorm, n_tokens=len(slots) * self.B * self.T,
@@ -299,6 +330,9 @@ def _log(self:DepthTrainer, row:dict):
 def fit(self:DepthTrainer, resume:bool=False, # continue this run folder after its last finished stage
        ) -> dict:
     "Run every stage (after the last checkpoint, when resuming); returns the final figures. SIGINT/SIGTERM save a checkpoint and raise `Interrupted`."
+    if resume and self.world > 1:
+        raise StackwiseError('resume a data-parallel depth-as-time run in one process (stackwise train --resume RUN, no torchrun): its checkpoints hold '
+                             'the whole state, the same on every process')
     if resume and self.run is None: raise StackwiseError('resume=True needs the run folder of the run to continue: pass run=')
     with ExitStack() as life:
         if self.run is not None: life.enter_context(self.run.locked())  # a second process on this folder is refused
