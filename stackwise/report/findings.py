@@ -115,7 +115,7 @@ def finding(name:str, # a key of `QUESTIONS`
 def not_measured(q:Question, root:str|Path|None=None) -> Finding:
     "The finding of a question no run answers yet: the command that makes one."
     below = latest_run(q.study, None, root)
-    why = f' at the scale this question needs (the latest complete run, `{below.name}`, is below it)' if below else ''
+    why = f' in the form this question reads (the latest complete {q.study} run, `{below.name}`, is not one: smaller, or another setup)' if below else ''
     return Finding(q.question, f'Not yet measured{why}: `{q.command}`.', 'not measured', 'not yet measured', q.link)
 
 def findings(root:str|Path|None=None) -> list[Finding]:
