@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import ModelConfig, load_config
 from ..core import StackwiseError
@@ -22,8 +23,9 @@ from ..runs import read_config
 
 # %% auto #0
 __all__ = ['study_tokenizer', 'pretrained_backpack', 'llama_ffn', 'recipe_ffn', 'shaped_config', 'match_parameters',
-           'build_study_model', 'first_chars', 'train_study_run', 'train_study_runs', 'seed_table', 'plot_seed_curves',
-           'plot_seed_bars', 'study_header', 'compare_models', 'named_verdict', 'tests_table', 'study_page']
+           'build_study_model', 'first_chars', 'train_study_run', 'train_study_runs', 'train_flops_per_token',
+           'equal_compute', 'seed_table', 'plot_seed_curves', 'plot_seed_bars', 'study_header', 'compare_models',
+           'named_verdict', 'tests_table', 'study_page']
 
 # %% ../../nbs/54_bench.studies.ipynb #8168853f
 def study_tokenizer(name:str, # "bytes" or "bpe:<vocab size>" (trained on the training texts, cached)
@@ -198,6 +200,43 @@ def train_study_runs(spec:dict, # `runs`: a list of `train_study_run` specs, one
     from stackwise.hardware import rss_mb
     base = rss_mb()
     return dict(results=[train_study_run(s, base) for s in spec['runs']])
+
+# %% ../../nbs/54_bench.studies.ipynb #15c12354
+def train_flops_per_token(model:nn.Module, # returns logits, or (logits, loss), from [B, T] ids
+                          seq_len:int, vocab_size:int) -> float:
+    "Training FLOPs per token of `model`, counted by torch's FlopCounterMode over one forward and backward pass of a [1, seq_len] batch."
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.randint(0, vocab_size, (1, seq_len))
+    with FlopCounterMode(display=False) as fc:
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1)).backward()
+    model.zero_grad(set_to_none=True)
+    return fc.get_total_flops() / seq_len
+
+def equal_compute(run:str|Path, # a complete backpack run folder
+                  a:str='backpack', b:str='standard') -> dict:
+    "Model `a` against `b` at the same training FLOPs: each one's FLOPs per token (counted), and per seed the best validation loss each reached within the smaller of the two runs' totals."
+    from stackwise.core import read_json
+    from stackwise.runs import read_config
+    run = Path(run); m, c = read_json(run/'metrics.json'), read_config(run)
+    from stackwise.models.backpack import backpack_europarl
+    cfg = backpack_europarl(vocab_size=m['vocab_size'], d_model=c['d_model'], n_layers=c['n_layers'], n_heads=c['n_heads'], n_senses=c['n_senses'],
+                            max_seq_len=c['seq_len'], dropout=0.0)
+    torch.manual_seed(0)
+    fpt = {k: train_flops_per_token(build_study_model(k, vars(cfg)), c['seq_len'], m['vocab_size']) for k in (a, b)}
+    tokens_per_step = c['batch_size'] * c['seq_len']
+    rows = []
+    for seed in m['seeds']:
+        curves = {k: pd.read_csv(run/'runs'/f'{k}-seed{seed}'/'metrics.csv').dropna(subset=['val_loss']) for k in (a, b)}
+        total = {k: curves[k].step.max() * tokens_per_step * fpt[k] for k in (a, b)}
+        budget = min(total.values())
+        best = {k: curves[k][curves[k].step * tokens_per_step * fpt[k] <= budget].val_loss.min() for k in (a, b)}
+        rows.append(dict(seed=seed, budget_flops=budget, **{f'{k}_best_val_loss': best[k] for k in (a, b)}))
+    t = pd.DataFrame(rows)
+    from stackwise.eval.stats import compare_seeds
+    return dict(flops_per_token=fpt, ratio=fpt[a] / fpt[b], per_seed=t.to_dict('records'),
+                test=dict(compare_seeds(t[f'{a}_best_val_loss'], t[f'{b}_best_val_loss'], paired=True), comparison=f'{a} vs {b}', metric='best_val_loss at equal FLOPs'))
 
 # %% ../../nbs/54_bench.studies.ipynb #9f23f7e3
 def seed_table(df:pd.DataFrame, # one row per run: `model` and the figure columns

@@ -435,6 +435,12 @@ def backpack(q, run, m, c):
     t = next(t for t in m['tests'] if t['metric'] == 'best_val_loss')
     sentence = (f"Best validation loss on {m['data']}: Backpack {t['mean_a']:.3f} ± {t['std_a']:.3f}, standard {t['mean_b']:.3f} ± {t['std_b']:.3f} "
                 f"nats per token (mean ± sd, n = {t['n_a']}, {t['n_b']}): {named_verdict(t)}.")
+    try:  # at equal training FLOPs too (a Backpack token costs more)
+        from stackwise.bench.studies import equal_compute
+        eq = equal_compute(run); e = eq['test']
+        sentence += (f" A Backpack token costs {eq['ratio']:.2f}x the training FLOPs; at equal FLOPs the best validation losses are {e['mean_a']:.3f} and "
+                     f"{e['mean_b']:.3f} (paired over seeds): {named_verdict(e)}.")
+    except (OSError, KeyError, ValueError): pass  # the per-run curves are not in the folder
     p = {k: fmt_count(v['params']) for k, v in m['models'].items()}
     scale = (f"{c['n_layers']} layers, d_model {c['d_model']}, {c['n_senses']} senses, {p['backpack']} / {p['standard']} params (Backpack / standard), "
              f"{c['steps']} steps of {c['batch_size']}x{c['seq_len']} BPE tokens of {m['vocab_size']:,}, {len(m['seeds'])} seeds")
