@@ -78,10 +78,15 @@ def test_default_experiments_are_a_registry_of_valid_runs():
 
 
 def test_depth_time_every_seed_verdicts_and_reuse(tmp_path):
-    "Every plan at every seed gives each plan a paired verdict against e2e; a second run with reuse= reads the finished runs back instead of training."
+    """Every plan at every seed gives each plan a paired verdict against e2e, its fine-tuned downstream score too (plan_finetune, here on a
+    local SST-2 of 48 rows); a second run with reuse= reads the finished runs back instead of training."""
+    data = tmp_path/'data'/'sst2'; data.mkdir(parents=True)
+    rows = [(f'{w} film {i}', int(w == 'good')) for i in range(24) for w in ('good', 'bad')]
+    for split in ('train', 'dev'): (data/f'{split}.tsv').write_text('sentence\tlabel\n' + ''.join(f'{s}\t{l}\n' for s, l in rows))
     res = tmp_path/'results'
     args = [exe('stackwise'), 'experiment', '--results', str(res), 'depth_time', 'plans=e2e:left2right,layerwise:left2right', 'seeds=0,1',
-            'every_seed=true', 'objective=clm', 'data=synthetic', 'e2e_steps=6', 'eval_every=3', 'eval_batches=1', "causal_plan=''", "plan_eval_tasks=''"]
+            'every_seed=true', 'objective=clm', 'data=synthetic', f'data_root={tmp_path/"data"}', 'e2e_steps=6', 'eval_every=3', 'eval_batches=1',
+            "causal_plan=''", "plan_eval_tasks=''", 'plan_finetune=sst2', 'finetune_steps=3']
     r = run_cmd(args)
     assert r.returncode == 0, r.stderr[-2000:]
     (first,) = runs.list_runs('depth_time', res)
@@ -89,6 +94,8 @@ def test_depth_time_every_seed_verdicts_and_reuse(tmp_path):
     v = m['verdicts']['layerwise:left2right']
     assert v['seeds'] == 2 and v['excess_lo'] <= v['excess'] <= v['excess_hi'] and v['verdict']
     assert {'units_share', 'head_share', 'cache_fill_share'} <= set(v) and m['every_seed'] is True
+    assert 0 <= v['sst2_ft_accuracy'] <= 1 and 0 <= v['sst2_ft_accuracy_e2e'] <= 1 and 'sst2_ft_accuracy_verdict' in v
+    assert 'sst2_ft_accuracy' in m['plans']['e2e:left2right']
     saved = sorted(p.name for p in (first/'runs').glob('*.json'))
     assert len(saved) == 4
     r = run_cmd(args + [f'reuse={first}'])
@@ -122,19 +129,3 @@ def test_scaling_explicit_shapes_kaplan_lr_and_the_fit_with_an_irreducible_loss(
     cfg = (path/'config.yaml').read_text()
     assert 'lr_rule: kaplan' in cfg and "shapes: 1x16,1x32,2x32,2x48" in cfg
 
-
-def test_depth_time_plan_finetune_scores_every_plan_downstream(tmp_path):
-    "plan_finetune fine-tunes every plan's model on a task (here a local SST-2 of 48 rows) and judges its dev score against e2e's at the same seeds."
-    data = tmp_path/'data'/'sst2'; data.mkdir(parents=True)
-    rows = [(f'{w} film {i}', int(w == 'good')) for i in range(24) for w in ('good', 'bad')]
-    for split in ('train', 'dev'): (data/f'{split}.tsv').write_text('sentence\tlabel\n' + ''.join(f'{s}\t{l}\n' for s, l in rows))
-    res = tmp_path/'results'
-    r = run_cmd([exe('stackwise'), 'experiment', '--results', str(res), 'depth_time', 'plans=e2e:left2right,layerwise:left2right', 'seeds=0,1',
-                 'every_seed=true', 'objective=clm', 'data=synthetic', f'data_root={tmp_path/"data"}', 'e2e_steps=4', 'eval_every=2', 'eval_batches=1',
-                 "causal_plan=''", "plan_eval_tasks=''", 'plan_finetune=sst2', 'finetune_steps=3'])
-    assert r.returncode == 0, r.stderr[-2000:]
-    (path,) = runs.list_runs('depth_time', res)
-    m = json.loads((path/'metrics.json').read_text())
-    v = m['verdicts']['layerwise:left2right']
-    assert 0 <= v['sst2_ft_accuracy'] <= 1 and 0 <= v['sst2_ft_accuracy_e2e'] <= 1 and 'sst2_ft_accuracy_verdict' in v
-    assert 'sst2_ft_accuracy' in m['plans']['e2e:left2right']
