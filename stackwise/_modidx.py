@@ -89,6 +89,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                         'stackwise/bench/dtype_runs.py'),
                                             'stackwise.bench.dtype_runs.matrix_specs': ( 'bench.dtype_runs.html#matrix_specs',
                                                                                          'stackwise/bench/dtype_runs.py'),
+                                            'stackwise.bench.dtype_runs.reused_cell': ( 'bench.dtype_runs.html#reused_cell',
+                                                                                        'stackwise/bench/dtype_runs.py'),
                                             'stackwise.bench.dtype_runs.run_cell': ( 'bench.dtype_runs.html#run_cell',
                                                                                      'stackwise/bench/dtype_runs.py'),
                                             'stackwise.bench.dtype_runs.run_matrix': ( 'bench.dtype_runs.html#run_matrix',

@@ -26,8 +26,9 @@ from ..train.losses import loss_sum, n_targets
 from ..train.trainer import Trainer
 
 # %% auto #0
-__all__ = ['STATUSES', 'SEED_GPUS', 'f1_scores', 'validate', 'state_bytes', 'summarize', 'run_cell', 'matrix_specs', 'run_matrix',
-           'load_matrix', 'throughput_probe', 'first_batch', 'fp16_adamw_probe', 'hardware_check']
+__all__ = ['STATUSES', 'SEED_GPUS', 'f1_scores', 'validate', 'state_bytes', 'summarize', 'run_cell', 'matrix_specs',
+           'reused_cell', 'run_matrix', 'load_matrix', 'throughput_probe', 'first_batch', 'fp16_adamw_probe',
+           'hardware_check']
 
 # %% ../../nbs/52a_bench.dtype_runs.ipynb #472626ab
 class _Observer:
@@ -219,11 +220,25 @@ def _injection(inject:str, specs:list[CellSpec]) -> tuple[str, str]|None:
         raise StackwiseError(f'inject_failure={inject!r} matches no cell: use SCENARIO:CONFIG of this matrix, e.g. C:bf16_pure')
     return s, c
 
+def reused_cell(spec:CellSpec, reuse:Path, folder:Path|None=None) -> dict|None:
+    "An earlier run's complete cell of the very same spec: its row (its folder copied to `folder`), or None."
+    import json
+    from stackwise.core import read_json
+    from stackwise.runs import read_config
+    src = Path(reuse)/'cells'/spec.name
+    if not (src/'metrics.json').exists(): return None  # failed, or not run
+    try: same = read_config(src).get('cell') == json.loads(json.dumps(dataclasses.asdict(spec), default=str))
+    except (OSError, ValueError): return None
+    if not same: return None
+    if folder is not None: shutil.copytree(src, folder)
+    return read_json(src/'metrics.json')
+
 def run_matrix(specs:list[CellSpec], data:BenchData,
                folder:str|Path|None=None, # cells go to folder/cells/<cell>/, the table (a row per cell) to folder/metrics.csv
                inject_failure:str='', # SCENARIO:CONFIG that must fail (e.g. 'C:bf16_pure')
                progress:bool=True, # a tqdm bar
                log=None, # called with a line per finished cell (e.g. `print`)
+               reuse:str|Path|None=None, # an earlier matrix run folder: its complete cells of the same spec are read back, not trained again
               ) -> pd.DataFrame:
     "Run every cell, each isolated; the tidy results table, a row per cell."
     hit, rows = _injection(inject_failure, specs), []
@@ -232,7 +247,8 @@ def run_matrix(specs:list[CellSpec], data:BenchData,
     for i, spec in enumerate(bar):
         bar.set_postfix_str(spec.name)
         fail = 1 if hit == (spec.scenario, spec.dtype_config) else None
-        r = run_cell(spec, data, folder/'cells'/spec.name if folder else None, fail_at_step=fail)
+        r = reused_cell(spec, reuse, folder/'cells'/spec.name if folder else None) if reuse and not fail else None
+        if r is None: r = run_cell(spec, data, folder/'cells'/spec.name if folder else None, fail_at_step=fail)
         rows.append(r)
         if folder: atomic_write(folder/'metrics.csv', pd.DataFrame(rows).to_csv(index=False))
         if log: log(f"[{i + 1:>{len(str(len(specs)))}}/{len(specs)}] {spec.name:<24} {r['status']:<9} {r.get('steps_run', 0):>5} steps "
