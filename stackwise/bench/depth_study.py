@@ -106,7 +106,14 @@ def plot_val_vs_flops(curves, # rows: plan, flops, val_loss
                       title:str=''):
     "Validation loss against training FLOPs, one line per plan (e2e bold)."
     import matplotlib.pyplot as plt
+    import pandas as pd
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    def filled(c):  # a validation row whose step lost its training row (histories kept every 10th step) has no FLOPs: read them off the steps
+        known = c[c.flops.notna() & ((c.flops > 0) | (c.step == 0))].sort_values('step')
+        if len(known) < 2: return c
+        bad = c.flops.isna() | ((c.flops == 0) & (c.step > 0))
+        return c.assign(flops=c.flops.where(~bad, np.interp(c.step, [0, *known.step], [0, *known.flops])))
+    curves = pd.concat([filled(c) for _, c in curves.groupby('plan', sort=False)]) if 'step' in curves and len(curves) else curves
     for plan, c in curves.dropna(subset=['val_loss']).groupby('plan', sort=False):
         e2e = plan.startswith('e2e')
         ax.plot(c.flops, c.val_loss, 'o-' if e2e else '.-', ms=3, lw=2.2 if e2e else 1, color='k' if e2e else None, label=plan)

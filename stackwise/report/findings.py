@@ -349,7 +349,7 @@ def scaling(q, run, m, c):
         ax.errorbar([g['alpha']], [i], xerr=[[g['alpha'] - g['alpha_lo']], [g['alpha_hi'] - g['alpha']]], fmt='o', ms=3.5, capsize=2, color='C0')
     ax.axvline(kap, color='k', ls=':', label=f"Kaplan {kap}")
     if m.get('seed_alpha'): ax.axvspan(*m['seed_alpha'], color='grey', alpha=0.15, label="seed 000's range")
-    ax.set_yticks(range(len(fits)), list(fits), fontsize=7); ax.invert_yaxis(); ax.set_xlabel('α_N (95% CI)'); ax.legend(fontsize=6, loc='lower right')
+    ax.set_yticks(range(len(fits)), list(fits), fontsize=7); ax.invert_yaxis(); ax.set_xlabel('α_N (95% CI)'); ax.legend(fontsize=6, loc='best')  # a fixed corner can hide an arm's point
     steps = '/'.join(map(str, sorted({int(s) for s in b.steps})))
     scale = (f"{len(b)} scales of {fmt_count(b.N.min())}-{fmt_count(b.N.max())} non-embedding params (d_model {int(b.d_model.min())}-{int(b.d_model.max())}, "
              f"{int(b.n_layers.min())}-{int(b.n_layers.max())} layers), {steps} steps of {c['batch_size']}x{c['seq_len']} bytes, {_seeds(c)} seeds")
