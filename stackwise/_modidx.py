@@ -3,6 +3,8 @@
 d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_url': '', 'lib_path': 'stackwise'},
   'syms': { 'stackwise.bench.depth_study': { 'stackwise.bench.depth_study._downstream': ( 'bench.depth_study.html#_downstream',
                                                                                           'stackwise/bench/depth_study.py'),
+                                             'stackwise.bench.depth_study.fill_flops': ( 'bench.depth_study.html#fill_flops',
+                                                                                         'stackwise/bench/depth_study.py'),
                                              'stackwise.bench.depth_study.plot_comparison': ( 'bench.depth_study.html#plot_comparison',
                                                                                               'stackwise/bench/depth_study.py'),
                                              'stackwise.bench.depth_study.plot_memory': ( 'bench.depth_study.html#plot_memory',

@@ -20,8 +20,8 @@ from ..models.rack import lazy_rack
 from ..train.loop import TrainConfig
 
 # %% auto #0
-__all__ = ['run_spec', 'run_fresh', 'slim_history', 'plot_memory', 'plot_val_vs_flops', 'plot_comparison', 'verdict_table',
-           'plot_verdicts']
+__all__ = ['run_spec', 'run_fresh', 'slim_history', 'plot_memory', 'fill_flops', 'plot_val_vs_flops', 'plot_comparison',
+           'verdict_table', 'plot_verdicts']
 
 # %% ../../nbs/56_bench.depth_study.ipynb #ac5fc72d
 def _downstream(model, tok, ev:dict, root=None) -> dict:
@@ -102,18 +102,20 @@ def plot_memory(mem, # rows: layers, mode, peak_rss_mb, net_mb
     fig.tight_layout()
     return fig
 
+def fill_flops(h): # one run's rows: step, flops (missing, or 0 past step 0, where a validation row's training row was not kept)
+    "`h` with each missing FLOPs figure read off the steps (linear between the known ones, 0 at step 0)."
+    known = h[h.flops.notna() & ((h.flops > 0) | (h.step == 0))].sort_values('step')
+    if len(known) < 2: return h
+    bad = h.flops.isna() | ((h.flops == 0) & (h.step > 0))
+    return h.assign(flops=h.flops.where(~bad, np.interp(h.step, [0, *known.step], [0, *known.flops])))
+
 def plot_val_vs_flops(curves, # rows: plan, flops, val_loss
                       title:str=''):
     "Validation loss against training FLOPs, one line per plan (e2e bold)."
     import matplotlib.pyplot as plt
     import pandas as pd
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
-    def filled(c):  # a validation row whose step lost its training row (histories kept every 10th step) has no FLOPs: read them off the steps
-        known = c[c.flops.notna() & ((c.flops > 0) | (c.step == 0))].sort_values('step')
-        if len(known) < 2: return c
-        bad = c.flops.isna() | ((c.flops == 0) & (c.step > 0))
-        return c.assign(flops=c.flops.where(~bad, np.interp(c.step, [0, *known.step], [0, *known.flops])))
-    curves = pd.concat([filled(c) for _, c in curves.groupby('plan', sort=False)]) if 'step' in curves and len(curves) else curves
+    curves = pd.concat([fill_flops(c) for _, c in curves.groupby('plan', sort=False)]) if 'step' in curves and len(curves) else curves
     for plan, c in curves.dropna(subset=['val_loss']).groupby('plan', sort=False):
         e2e = plan.startswith('e2e')
         ax.plot(c.flops, c.val_loss, 'o-' if e2e else '.-', ms=3, lw=2.2 if e2e else 1, color='k' if e2e else None, label=plan)

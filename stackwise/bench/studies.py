@@ -218,7 +218,6 @@ def equal_compute(run:str|Path, # a complete backpack run folder
                   a:str='backpack', b:str='standard') -> dict:
     "Model `a` against `b` at the same training FLOPs: each one's FLOPs per token (counted), and per seed the best validation loss each reached within the smaller of the two runs' totals."
     from stackwise.core import read_json
-    from stackwise.runs import read_config
     run = Path(run); m, c = read_json(run/'metrics.json'), read_config(run)
     from stackwise.models.backpack import backpack_europarl
     cfg = backpack_europarl(vocab_size=m['vocab_size'], d_model=c['d_model'], n_layers=c['n_layers'], n_heads=c['n_heads'], n_senses=c['n_senses'],
